@@ -1,0 +1,74 @@
+"""Every experiment composes against the typed schema; typos, wrong types and bad values fail early."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from launcher.__main__ import to_config
+from launcher.run_id import register_resolvers
+from launcher.store import register_configs
+from tests.conftest import CONF
+from yolo_ddp.config import Config
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+TRAIN_PROFILES = sorted(p.stem for p in (CONF / "train").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def hydra_ctx():
+    register_resolvers()
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def typed(overrides: list[str]) -> Config:
+    return to_config(compose(config_name="config", overrides=[*overrides, "run_dir=/tmp/x"]))
+
+
+def test_experiments_exist():
+    assert "pcb_defects" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("profile", TRAIN_PROFILES)
+def test_every_experiment_composes(experiment, profile):
+    cfg = typed([f"+experiment={experiment}", f"train={profile}"])
+    assert isinstance(cfg, Config)
+    assert cfg.train.batch >= 1 and cfg.data.imgsz % 32 == 0
+
+
+def test_cpu_profile_shrinks_the_job_and_cli_still_wins():
+    cfg = typed(["+experiment=pcb_defects", "train=cpu_quick", "data.imgsz=320"])
+    assert cfg.data.imgsz == 320
+    assert cfg.train.epochs < 50 and cfg.data.synthetic.n_train <= 512
+
+
+@pytest.mark.parametrize("override", ["train.bacth=16", "data.imgsize=320", "launcher.nproc=2"])
+def test_typo_key_fails_at_compose(override):
+    with pytest.raises(Exception, match=r"(?i)(not in struct|key|could not override)"):
+        compose(config_name="config", overrides=["+experiment=pcb_defects", override])
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises(Exception, match="train.batch"):
+        compose(config_name="config", overrides=["train.batch=sixteen"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("data.imgsz=300", "data.imgsz"), ("train.amp=fp8", "train.amp"), ("train.epochs=0", "train.epochs"),
+     ("launcher.nproc_per_node=two", "launcher.nproc_per_node"), ("model.cfg=yolov8n.pt", "model.cfg")],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(Exception, match=key.replace(".", r"\.")):
+        typed([override])
+
+
+def test_custom_data_requires_a_path():
+    with pytest.raises(Exception, match="data.path"):
+        typed(["data=custom"])

@@ -1,0 +1,160 @@
+"""Typed run configuration: one dataclass per concern.
+
+These are plain dataclasses so the library never needs Hydra; `launcher/store.py` registers them in
+Hydra's ConfigStore, which makes a typo'd key or a wrong type fail at compose time. `__post_init__`
+checks what a type cannot (ranges, choices) and raises `ValueError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+OPTIMIZERS = ("auto", "SGD", "AdamW")
+DATA_BACKENDS = ("auto", "torch")
+SYNTHETIC_DATA = "pcb_defects"  # the only data set that needs no files
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"Config key '{key}': {message}")
+
+
+@dataclass
+class SyntheticDataConfig:
+    """The embedded PCB-defect set used when `data.path` is empty."""
+
+    n_train: int = 1000
+    n_val: int = 200
+    image_size: int = 640
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_train > 0 and self.n_val > 0, "data.synthetic.n_train/n_val", "must be > 0.")
+        _check(self.image_size >= 32, "data.synthetic.image_size", "must be >= 32 pixels.")
+
+
+@dataclass
+class DataConfig:
+    name: str = "pcb_defects"
+    # An Ultralytics data.yaml (or a YOLO-format root). Empty: the built-in synthetic PCB set.
+    path: str = ""
+    imgsz: int = 640
+    backend: str = "auto"
+    workers: int = 2  # DataLoader workers per rank
+    cache_dir: str = ".cache/yolo_ddp"  # node-local: label index, synthetic data set
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    fliplr: float = 0.5
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.imgsz >= 32 and self.imgsz % 32 == 0, "data.imgsz",
+               f"got {self.imgsz}; use a multiple of the model stride 32 (e.g. 320, 640).")
+        _check(self.backend in DATA_BACKENDS, "data.backend", f"got '{self.backend}'; choose one of {DATA_BACKENDS}.")
+        _check(self.workers >= 0, "data.workers", "must be >= 0.")
+        _check(bool(self.path) or self.name == SYNTHETIC_DATA, "data.path",
+               f"data '{self.name}' has no data set on disk: pass data.path=path/to/data.yaml (an Ultralytics "
+               f"data.yaml), or use data=pcb_defects for the built-in synthetic set.")
+        for key in ("hsv_h", "hsv_s", "hsv_v", "fliplr"):
+            _check(0.0 <= getattr(self, key) <= 1.0, f"data.{key}", "must be in [0, 1].")
+
+
+@dataclass
+class ModelConfig:
+    # An Ultralytics model yaml name (yolov8n.yaml, yolo11s.yaml, ...) or a path to one.
+    cfg: str = "yolov8n.yaml"
+    # Optional local .pt to initialise from (never downloaded).
+    weights: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.cfg.endswith((".yaml", ".yml")), "model.cfg",
+               f"got '{self.cfg}'; name a model yaml such as yolov8n.yaml (weights go in model.weights).")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch: int = 64  # global batch: split evenly over all ranks, as `yolo train batch=` is
+    nbs: int = 64  # nominal batch: gradients accumulate until ~nbs images, whatever the world size
+    optimizer: str = "auto"
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    cos_lr: bool = False
+    amp: str = "auto"
+    sync_bn: str = "auto"  # auto: SyncBatchNorm when world > 1 and per-rank batch < sync_bn_below
+    sync_bn_below: int = 8
+    ema: bool = True
+    grad_clip: float = 10.0
+    seed: int = 0
+    resume: bool = False
+    val_every: int = 1
+    conf: float = 0.001  # validation NMS thresholds (Ultralytics' defaults)
+    iou: float = 0.7
+    max_det: int = 300
+    box: float = 7.5  # loss gains (Ultralytics' defaults)
+    cls: float = 0.5
+    dfl: float = 1.5
+    threads_per_rank: int = 0  # torch intra-op threads on CPU; 0 = cores / local ranks
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1.")
+        _check(self.batch >= 1, "train.batch", "is the global batch and must be >= 1.")
+        _check(self.nbs >= 1, "train.nbs", "must be >= 1.")
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"choose one of {OPTIMIZERS}.")
+        _check(self.amp in AMP_MODES, "train.amp", f"got '{self.amp}'; choose one of {AMP_MODES}.")
+        _check(self.sync_bn in ("auto", "on", "off"), "train.sync_bn", "choose auto, on or off.")
+        _check(self.lr0 > 0, "train.lr0", "must be > 0.")
+        _check(0 < self.lrf <= 1, "train.lrf", "is the final lr fraction and must be in (0, 1].")
+        _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0.")
+        _check(self.val_every >= 1, "train.val_every", "must be >= 1.")
+
+
+@dataclass
+class LauncherConfig:
+    nproc_per_node: str = "auto"  # auto: one per GPU, else 2 on CPU
+    nnodes: int = 1
+    max_restarts: int = 0
+    rdzv_endpoint: str = ""  # host:port; empty = this machine, a free port
+    monitor_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        n = str(self.nproc_per_node)
+        _check(n == "auto" or (n.isdigit() and int(n) >= 1), "launcher.nproc_per_node",
+               f"got '{n}'; use 'auto' or a positive integer.")
+        _check(self.nnodes >= 1, "launcher.nnodes", "must be >= 1.")
+        _check(self.max_restarts >= 0, "launcher.max_restarts", "must be >= 0.")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"
+    log_every_steps: int = 10
+
+
+@dataclass
+class DistConfig:
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("auto", "nccl", "gloo"), "dist.backend", "choose auto, nccl or gloo.")
+        _check(self.timeout_s > 0, "dist.timeout_s", "must be > 0.")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    name: str = "run"
+    run_dir: str = "."  # set by the launcher to the job's Hydra output dir
