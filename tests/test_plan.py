@@ -1,0 +1,55 @@
+"""Run-plan arithmetic: global batch split, accumulation toward the nominal batch, AMP agreement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from yolo_ddp.config import TrainConfig
+from yolo_ddp.plan import local_amp_mode, make_plan, split_global_batch
+
+
+def test_global_batch_splits_evenly():
+    assert split_global_batch(64, 4) == 16
+    with pytest.raises(ValueError, match=r"train\.batch=10 .*split evenly over 4 ranks.*train\.batch=8"):
+        split_global_batch(10, 4)
+
+
+@pytest.mark.parametrize(("batch", "world", "accumulate"), [(16, 1, 4), (16, 2, 4), (32, 4, 2), (64, 8, 1), (128, 8, 1)])
+def test_nominal_batch_is_kept_across_world_sizes(batch, world, accumulate):
+    plan = make_plan(TrainConfig(batch=batch, nbs=64), 640, world, "off", "cpu", train_images=10_000)
+    assert plan.batch_per_rank * world == batch
+    assert plan.accumulate == accumulate
+    assert plan.effective_batch == batch * accumulate
+    assert plan.weight_decay == pytest.approx(5e-4 * plan.effective_batch / 64)
+    assert plan.steps_per_epoch == (10_000 // batch) // accumulate
+
+
+def test_accumulation_never_exceeds_an_epoch():
+    plan = make_plan(TrainConfig(batch=8, nbs=64), 320, 2, "off", "cpu", train_images=24)
+    assert plan.micro_batches_per_epoch == 3 and plan.accumulate == 3 and plan.steps_per_epoch == 1
+
+
+def test_too_few_images_for_one_batch():
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        make_plan(TrainConfig(batch=64), 320, 2, "off", "cpu", train_images=10)
+
+
+def test_sync_bn_auto_below_threshold():
+    small = make_plan(TrainConfig(batch=8, sync_bn_below=8), 320, 2, "off", "cpu", 1000)
+    big = make_plan(TrainConfig(batch=32, sync_bn_below=8), 320, 2, "off", "cpu", 1000)
+    single = make_plan(TrainConfig(batch=4, sync_bn="on"), 320, 1, "off", "cpu", 1000)
+    assert small.sync_bn and not big.sync_bn and not single.sync_bn
+
+
+def test_amp_on_cpu_is_off_unless_bf16_asked():
+    cpu = torch.device("cpu")
+    assert local_amp_mode("auto", cpu) == "off"
+    assert local_amp_mode("fp16", cpu) == "off"
+    assert local_amp_mode("bf16", cpu) == "bf16"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_amp_on_gpu_prefers_bf16():
+    dev = torch.device("cuda", 0)
+    assert local_amp_mode("auto", dev) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")

@@ -1,0 +1,127 @@
+"""Process-group lifecycle and rank helpers that degrade to one process.
+
+`RANK` decides global side effects (files, W&B); `LOCAL_RANK` only the device and node-local caches.
+Without an initialised process group every helper answers as a single process would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else int(os.environ.get("RANK", 0))
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return get_rank() == 0
+
+
+def under_elastic_agent() -> bool:
+    """True inside a worker started by torchrun / elastic_launch."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
+
+
+def pick_device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_process_group(timeout_s: float, backend: str = "auto") -> torch.device:
+    """Join the job's process group (when launched by an elastic agent) and bind this rank's device.
+
+    NCCL on CUDA, gloo otherwise. A single process without an agent runs without a group.
+    """
+    device = pick_device(get_local_rank())
+    if under_elastic_agent() and not is_dist():
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}
+        if backend == "nccl":
+            kwargs["device_id"] = device  # eager NCCL init: a bad GPU fails here, not in the first all-reduce
+        dist.init_process_group(backend=backend, **kwargs)
+    return device
+
+
+def destroy_process_group() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+@contextmanager
+def local_rank_zero_first() -> Iterator[bool]:
+    """Let local rank 0 do node-local work (caches) while the others wait; yields whether this rank leads."""
+    leader = get_local_rank() == 0
+    if not leader:
+        barrier()
+    yield leader
+    if leader:
+        barrier()
+
+
+def all_reduce_min(value: float, device: torch.device) -> float:
+    if not is_dist():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return float(t.item())
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean across ranks of a tensor (returns a new tensor; the input is untouched)."""
+    if not is_dist():
+        return t.clone()
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / get_world_size()
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if not is_dist():
+        return t.clone()
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Gather one picklable object per rank on `dst`; other ranks get None."""
+    if not is_dist():
+        return [obj]
+    out = [None] * get_world_size() if get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out

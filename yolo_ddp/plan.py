@@ -1,0 +1,113 @@
+"""The run plan: everything that depends on world size and hardware, derived once and frozen.
+
+It is printed at start, logged, and stored in every checkpoint, so a resumed or rescaled run can
+say exactly what it trained with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+from yolo_ddp import dist
+from yolo_ddp.config import TrainConfig
+
+# Ordered from least to most capable, so the agreed mode is the minimum across ranks.
+AMP_ORDER = ("off", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    world_size: int
+    global_batch: int
+    batch_per_rank: int
+    accumulate: int  # micro-steps per optimizer step
+    effective_batch: int  # images per optimizer step = batch_per_rank * world_size * accumulate
+    nominal_batch: int
+    weight_decay: float  # scaled by effective_batch / nominal_batch, as Ultralytics does
+    amp: str  # agreed across ranks: off | fp16 | bf16
+    sync_bn: bool
+    device_type: str
+    imgsz: int
+    micro_batches_per_epoch: int
+    steps_per_epoch: int  # optimizer steps
+    epochs: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        rows = [f"  {k:<24} {v}" for k, v in self.as_dict().items()]
+        return "Run plan\n" + "\n".join(rows)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+
+def split_global_batch(global_batch: int, world_size: int) -> int:
+    """Per-rank batch; refuses a global batch that does not split evenly instead of flooring it."""
+    if global_batch % world_size:
+        lower = max(world_size, global_batch - global_batch % world_size)
+        raise ValueError(
+            f"Config key 'train.batch': train.batch={global_batch} is the global batch and must split evenly "
+            f"over {world_size} ranks. Use a multiple of {world_size}, e.g. train.batch={lower} or "
+            f"train.batch={lower + world_size}."
+        )
+    return global_batch // world_size
+
+
+def local_amp_mode(requested: str, device: torch.device) -> str:
+    """The best AMP mode this rank's device supports, given what the user asked for."""
+    if device.type != "cuda":
+        # CPU autocast in bf16 is slower than fp32 on most CPUs; only honour an explicit request.
+        return "bf16" if requested == "bf16" else "off"
+    if requested == "off":
+        return "off"
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if requested in ("auto", "bf16"):
+        return "bf16" if bf16_ok else "fp16"
+    return "fp16"
+
+
+def agree_amp_mode(requested: str, device: torch.device) -> str:
+    """All ranks use the lowest common AMP mode (a mixed cluster must not train with mixed numerics)."""
+    local = AMP_ORDER.index(local_amp_mode(requested, device))
+    return AMP_ORDER[int(dist.all_reduce_min(float(local), device))]
+
+
+def make_plan(
+    train: TrainConfig, imgsz: int, world_size: int, amp: str, device_type: str, train_images: int
+) -> RunPlan:
+    batch_per_rank = split_global_batch(train.batch, world_size)
+    micro_batches = train_images // train.batch  # the sampler drops the ragged tail on every rank
+    if micro_batches < 1:
+        raise ValueError(
+            f"Config key 'train.batch': the training set has {train_images} images, fewer than one global batch "
+            f"of {train.batch}. Lower train.batch or add images."
+        )
+    # Accumulate toward the nominal batch, never past one epoch's worth of micro-batches.
+    accumulate = min(max(round(train.nbs / train.batch), 1), micro_batches)
+    effective = batch_per_rank * world_size * accumulate
+    sync_bn = {"on": True, "off": False}.get(train.sync_bn, world_size > 1 and batch_per_rank < train.sync_bn_below)
+    return RunPlan(
+        world_size=world_size,
+        global_batch=train.batch,
+        batch_per_rank=batch_per_rank,
+        accumulate=accumulate,
+        effective_batch=effective,
+        nominal_batch=train.nbs,
+        weight_decay=train.weight_decay * effective / train.nbs,
+        amp=amp,
+        sync_bn=sync_bn and world_size > 1,
+        device_type=device_type,
+        imgsz=imgsz,
+        micro_batches_per_epoch=micro_batches,
+        steps_per_epoch=micro_batches // accumulate,
+        epochs=train.epochs,
+    )
