@@ -1,0 +1,196 @@
+"""data.yaml parsing, label validation, corrupt-image skipping and the node-shared index cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from yolo_ddp.data import dataset as dataset_mod
+from yolo_ddp.data.dataset import DataError, build_index, load_data_spec
+
+
+def write_image(path: Path, h: int = 40, w: int = 60) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.full((h, w, 3), (0, 0, 255), np.uint8))
+    return path
+
+
+def write_label(img: Path, text: str) -> Path:
+    lb = Path(str(img).replace(f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}")).with_suffix(".txt")
+    lb.parent.mkdir(parents=True, exist_ok=True)
+    lb.write_text(text)
+    return lb
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A YOLO root: two train images (one labelled), one val image, no data.yaml yet."""
+    ds = tmp_path / "ds"
+    write_label(write_image(ds / "images/train/a.jpg"), "0 0.5 0.5 0.2 0.2\n")
+    write_image(ds / "images/train/b.png", h=30, w=50)
+    write_image(ds / "images/val/c.jpg")
+    return ds
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def index(src: Path, tmp_path: Path, nc: int = 2, split: str = "train") -> dataset_mod.DatasetIndex:
+    return build_index([src], nc=nc, cache_dir=tmp_path / "cache", split=split)
+
+
+# --- data.yaml ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("names", ["[a, b]", "{0: a, 1: b}", "{'1': b, '0': a}"])
+def test_names_list_or_dict(root: Path, names: str) -> None:
+    spec = load_data_spec(
+        write_yaml(root / "data.yaml", f"train: images/train\nval: images/val\nnames: {names}\n")
+    )
+    assert spec.names == {0: "a", 1: "b"} and spec.nc == 2
+    assert spec.root == root and spec.train == [root / "images/train"] and spec.val == [root / "images/val"]
+
+
+def test_relative_path_resolves_against_yaml_dir(root: Path, tmp_path: Path) -> None:
+    y = write_yaml(
+        tmp_path / "cfg/data.yaml", "path: ../ds\ntrain: images/train\nval: [images/val]\nnames: [a]\n"
+    )
+    spec = load_data_spec(y)
+    assert spec.root == root and spec.train == [root / "images/train"] and spec.yaml_path == y
+
+
+def test_directory_uses_its_data_yaml(root: Path) -> None:
+    write_yaml(root / "data.yaml", "train: images/train\nval: images/val\nnames: [a]\n")
+    assert load_data_spec(root).names == {0: "a"}
+
+
+def test_directory_without_yaml_asks_for_names(root: Path) -> None:
+    with pytest.raises(DataError, match="names"):
+        load_data_spec(root)
+
+
+def test_txt_list(root: Path, tmp_path: Path) -> None:
+    (root / "train.txt").write_text("./images/train/a.jpg\nimages/train/b.png\n\n")
+    spec = load_data_spec(
+        write_yaml(root / "data.yaml", "train: train.txt\nval: images/val\nnames: [a, b]\n")
+    )
+    idx = index(spec.train[0], tmp_path)
+    assert idx.im_files == [str(root / "images/train/a.jpg"), str(root / "images/train/b.png")]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("train: images/train\nval: images/val\n", "'names'"),
+        ("train: images/train\nnames: [a]\n", "'val'"),
+        ("train: images/nope\nval: images/val\nnames: [a]\n", "'train'"),
+        ("train: images/train\nval: images/val\nnames: [a, b]\nnc: 3\n", "'nc'"),
+        ("- just\n- a list\n", "mapping"),
+        ("train: [unclosed\n", "not valid YAML"),
+        ("train: images/train\nval: images/val\nnames: {0: a, 2: c}\n", "without gaps"),
+    ],
+)
+def test_bad_yaml_names_file_and_key(root: Path, text: str, needle: str) -> None:
+    y = write_yaml(root / "data.yaml", text)
+    with pytest.raises(DataError, match=needle) as err:
+        load_data_spec(y)
+    assert str(y) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_yaml(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_data_spec(tmp_path / "nope.yaml")
+
+
+# --- labels and images -------------------------------------------------------------------------------
+
+
+def test_background_images_and_shapes(root: Path, tmp_path: Path) -> None:
+    write_label(root / "images/train/b.png", "\n")  # empty file; a.jpg is labelled, c.jpg has no file
+    idx = index(root / "images/train", tmp_path)
+    assert len(idx) == 2 and idx.shapes.tolist() == [[40, 60], [30, 50]]
+    assert np.allclose(idx.labels_for(0), [[0, 0.5, 0.5, 0.2, 0.2]]) and idx.labels_for(1).shape == (0, 5)
+    assert idx.labels.dtype == np.float32 and idx.offsets.tolist() == [0, 1, 1]
+    assert index(root / "images/val", tmp_path, split="val").labels.shape == (0, 5)
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        ("0 0.5 0.5 0.2", "expected 5 numbers"),
+        ("2 0.5 0.5 0.2 0.2", "class id 2"),
+        ("0.5 0.5 0.5 0.2 0.2", "class id"),
+        ("0 50 50 20 20", "not normalized"),
+        ("0 0.5 0.5 0 0.2", "must be > 0"),
+        ("0 0.5 x 0.2 0.2", "non-number"),
+    ],
+)
+def test_bad_label_row_names_file_and_line(root: Path, tmp_path: Path, row: str, needle: str) -> None:
+    lb = write_label(root / "images/train/a.jpg", f"1 0.1 0.1 0.1 0.1\n{row}\n")
+    with pytest.raises(DataError, match=needle) as err:
+        index(root / "images/train", tmp_path)
+    assert f"{lb}:2" in str(err.value)
+
+
+def test_duplicates_removed_and_counted(root: Path, tmp_path: Path) -> None:
+    write_label(root / "images/train/a.jpg", "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n0 0.50 0.5 0.2 0.20\n")
+    idx = index(root / "images/train", tmp_path)
+    assert idx.duplicates_removed == 1
+    assert idx.labels_for(0)[:, 0].tolist() == [0, 1]
+
+
+def test_corrupt_images_skipped_and_listed(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train = root / "images/train"
+    (train / "random.jpg").write_bytes(np.random.default_rng(0).integers(0, 256, 500, np.uint8).tobytes())
+    ok, buf = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8))
+    (train / "truncated.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
+    (train / "trailing.jpg").write_bytes(buf.tobytes() + b"extra")  # valid: data after the end marker
+    write_label(train / "random.jpg", "5 9 9 9")  # never parsed: the image is skipped first
+    with caplog.at_level(logging.WARNING, logger=dataset_mod.__name__):
+        idx = index(train, tmp_path)
+    assert [Path(f).name for f in idx.im_files] == ["a.jpg", "b.png", "trailing.jpg"]
+    assert [s.split(":")[0] for s in idx.skipped] == [str(train / "random.jpg"), str(train / "truncated.jpg")]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 2" in warnings[0].getMessage()
+
+
+# --- cache ---------------------------------------------------------------------------------------------
+
+
+def test_cache_reused_as_memmaps_and_invalidated(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = index(root / "images/train", tmp_path)
+    calls: list[str] = []
+
+    def refuse(f: str) -> tuple[tuple[int, int] | None, str]:
+        calls.append(f)
+        raise AssertionError("cached index must not re-verify images")
+
+    monkeypatch.setattr(dataset_mod, "_verify_image", refuse)
+    second = index(root / "images/train", tmp_path)
+    assert second.im_files == first.im_files and not calls
+    assert all(isinstance(a, np.memmap) for a in (second.shapes, second.labels, second.offsets))
+    assert np.array_equal(second.labels, first.labels)
+
+    restored = pickle.loads(pickle.dumps(second))  # spawned workers reopen the files, not copies
+    assert isinstance(restored.labels, np.memmap) and np.array_equal(restored.labels, first.labels)
+
+    write_label(root / "images/train/a.jpg", "1 0.5 0.5 0.2 0.2\n0 0.1 0.1 0.1 0.1\n")
+    with pytest.raises(AssertionError, match="must not re-verify"):
+        index(root / "images/train", tmp_path)
+    monkeypatch.undo()
+    third = index(root / "images/train", tmp_path)
+    assert third.labels_for(0)[:, 0].tolist() == [1, 0]
+    assert len(list((tmp_path / "cache").glob("train-*"))) == 2  # no temp dirs left behind

@@ -1,0 +1,115 @@
+"""The torch DataLoader backend: letterbox geometry, flip, batch layout, samplers, full epochs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from yolo_ddp.data.dataset import DatasetIndex, build_index
+from yolo_ddp.data.torch_loader import ShardSampler, YoloDataset, build_loader, collate
+
+IMGSZ = 64
+
+
+def make_index(tmp_path: Path, n: int = 7) -> DatasetIndex:
+    """n images of alternating sizes; image i has i % 3 boxes (so some are background), plus one corrupt file."""
+    d = tmp_path / "ds/images/train"
+    d.mkdir(parents=True)
+    (tmp_path / "ds/labels/train").mkdir(parents=True)
+    for i in range(n):
+        h, w = (40, 80) if i % 2 == 0 else (90, 45)
+        im = np.full((h, w, 3), 50, np.uint8)
+        im[:, : w // 2] = (0, 0, 255)  # BGR red on the left half
+        cv2.imwrite(str(d / f"{i:02d}.jpg"), im)
+        rows = [f"{k} 0.25 0.5 0.2 0.4" for k in range(i % 3)]
+        (tmp_path / f"ds/labels/train/{i:02d}.txt").write_text("\n".join(rows))
+    (d / "zz_corrupt.jpg").write_bytes(b"not a jpeg at all")
+    return build_index([d], nc=3, cache_dir=tmp_path / "cache", split="train")
+
+
+def test_letterbox_box_and_metadata(tmp_path: Path) -> None:
+    idx = make_index(tmp_path)
+    s = YoloDataset(idx, IMGSZ, augment=False)[2]  # 40x80 image, two boxes cx=.25 cy=.5 w=.2 h=.4
+    # r = min(64/40, 64/80) = 0.8 -> 64x32 content, 16 px grey above and below.
+    assert s["ori_shape"] == (40, 80) and s["ratio_pad"] == ((0.8, 0.8), (0, 16))
+    expected = [0.25, (0.5 * 40 * 0.8 + 16) / 64, 0.2, 0.4 * 40 * 0.8 / 64]
+    assert torch.allclose(s["bboxes"], torch.tensor([expected] * 2), atol=1e-6)
+    assert s["cls"].tolist() == [[0.0], [1.0]] and s["batch_idx"].tolist() == [0.0, 0.0]
+    img = s["img"]
+    assert img.dtype == torch.uint8 and img.shape == (3, IMGSZ, IMGSZ)
+    assert img[:, 0, 0].tolist() == [114, 114, 114]  # padding
+    r, g, b = img[:, 32, 5].tolist()
+    assert r > 240 and g < 15 and b < 15  # BGR red on disk -> RGB red (JPEG rounding aside)
+
+
+def test_flip_mirrors_cx_and_pixels(tmp_path: Path) -> None:
+    idx = make_index(tmp_path)
+    plain = YoloDataset(idx, IMGSZ, augment=False)[2]
+    flipped = YoloDataset(idx, IMGSZ, augment=True, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, fliplr=1.0)[2]
+    assert torch.allclose(flipped["bboxes"][:, 0], 1 - plain["bboxes"][:, 0], atol=1e-6)
+    assert torch.allclose(flipped["bboxes"][:, 1:], plain["bboxes"][:, 1:])
+    assert torch.equal(flipped["img"], plain["img"].flip(-1))
+
+
+def test_collate_layout(tmp_path: Path) -> None:
+    idx = make_index(tmp_path)
+    ds = YoloDataset(idx, IMGSZ, augment=False)
+    b = collate([ds[i] for i in range(4)])  # 0, 1, 2, 0 boxes
+    assert (
+        b["img"].shape == (4, 3, IMGSZ, IMGSZ) and b["img"].dtype == torch.uint8 and b["img"].is_contiguous()
+    )
+    assert b["cls"].shape == (3, 1) and b["cls"].dtype == torch.float32
+    assert b["bboxes"].shape == (3, 4) and b["bboxes"].dtype == torch.float32
+    assert b["batch_idx"].dtype == torch.float32 and b["batch_idx"].tolist() == [1.0, 2.0, 2.0]
+    assert isinstance(b["im_file"], list) and b["im_file"][3] == idx.im_files[3]
+    assert b["ori_shape"] == [(40, 80), (90, 45), (40, 80), (90, 45)]
+    assert isinstance(b["ratio_pad"], list) and b["ratio_pad"][1] == ((64 / 90, 64 / 90), (16, 0))
+
+
+def test_shard_sampler_covers_each_index_once() -> None:
+    shards = [list(ShardSampler(10, rank=r, world_size=3)) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 3, 3]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    with pytest.raises(ValueError):
+        ShardSampler(10, rank=3, world_size=3)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_epoch(tmp_path: Path, workers: int) -> None:
+    idx = make_index(tmp_path)
+    assert len(idx) == 7 and not any("corrupt" in f for f in idx.im_files)
+    loader = build_loader(
+        idx, IMGSZ, batch_per_rank=2, workers=workers, train=True, seed=3, augment={"fliplr": 0.5}
+    )
+    assert len(loader) == 3  # 7 images, drop_last
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == 3 and all(b["img"].shape == (2, 3, IMGSZ, IMGSZ) for b in batches)
+        for b in batches:
+            assert ((b["bboxes"] >= 0) & (b["bboxes"] <= 1)).all()
+            assert b["batch_idx"].shape == (b["cls"].shape[0],)
+            counts = [len(idx.labels_for(idx.im_files.index(f))) for f in b["im_file"]]
+            assert torch.bincount(b["batch_idx"].long(), minlength=2).tolist() == counts
+        seen = [f for b in batches for f in b["im_file"]]
+        assert len(set(seen)) == 6
+
+
+def test_val_loader_sees_every_image_once(tmp_path: Path) -> None:
+    idx = make_index(tmp_path)
+    loader = build_loader(idx, IMGSZ, batch_per_rank=4, workers=0, train=False)
+    assert isinstance(loader.sampler, ShardSampler)
+    files = [f for b in loader for f in b["im_file"]]
+    assert files == idx.im_files
+
+
+def test_build_loader_rejects_bad_settings(tmp_path: Path) -> None:
+    idx = make_index(tmp_path)
+    with pytest.raises(ValueError, match="mosaic"):
+        build_loader(idx, IMGSZ, 2, 0, train=True, augment={"mosaic": 1.0})
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        build_loader(idx, IMGSZ, 8, 0, train=True)

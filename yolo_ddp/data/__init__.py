@@ -1,0 +1,1 @@
+"""Dataset spec parsing, a node-shared label index, and the torch DataLoader backend."""

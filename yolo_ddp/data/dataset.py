@@ -1,0 +1,377 @@
+"""Read an Ultralytics data.yaml and index its images + labels once per node.
+
+Ultralytics' `cache=ram` copies every image into each rank; its label cache is a pickled list of dicts that each
+rank loads into its own heap. Here local rank 0 verifies images and parses labels once, writes flat numpy arrays,
+and every rank memory-maps them, so one copy per node lives in the OS page cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+from ultralytics.data.utils import IMG_FORMATS, exif_size, img2label_paths
+from ultralytics.utils import patches
+
+from yolo_ddp.dist import get_rank, local_rank_zero_first
+
+LOGGER = logging.getLogger(__name__)
+_CACHE_VERSION = "1"  # bump when the on-disk layout or the label rules change
+_TOL = 0.01  # Ultralytics accepts coordinates up to 1% outside [0, 1]; we accept the same and clip
+_ARRAYS = ("shapes", "labels", "offsets")
+# Importing ultralytics patches PIL's Image.open to pip-install pi-heif on the first unidentifiable file; a corrupt
+# image must not trigger package installs from the indexing threads, so verify with Pillow's own opener.
+_pil_open = getattr(patches, "_image_open", Image.open)
+
+
+class DataError(ValueError):
+    """Bad user data: the message is one paragraph naming the file (and line or key) and the fix."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    yaml_path: Path
+    root: Path
+    train: list[Path]  # image files or directories or .txt lists, resolved to absolute paths
+    val: list[Path]
+    names: dict[int, str]
+
+    @property
+    def nc(self) -> int:
+        return len(self.names)
+
+
+def _abspath(p: str | Path, base: Path) -> Path:
+    """Absolute without resolving symlinks: `img2label_paths` needs the user's `/images/` component intact."""
+    q = Path(p).expanduser()
+    return Path(os.path.abspath(q if q.is_absolute() else base / q))
+
+
+def load_data_spec(path: str | Path) -> DataSpec:
+    """Parse a data.yaml (or a YOLO root holding one) into absolute split sources and contiguous class names."""
+    p = _abspath(path, Path.cwd())
+    if p.is_dir():
+        for name in ("data.yaml", "data.yml"):
+            if (p / name).is_file():
+                return load_data_spec(p / name)
+        if (p / "images" / "train").is_dir() and (p / "images" / "val").is_dir():
+            raise DataError(
+                f"{p} looks like a YOLO-format root (images/train, images/val) but holds no data.yaml, so the class "
+                f"names are unknown. Write {p / 'data.yaml'} with 'train: images/train', 'val: images/val' and "
+                "'names: [...]' listing one name per class id."
+            )
+        raise DataError(
+            f"{p} is a directory without a data.yaml and without images/train and images/val. Point the data path "
+            "at an Ultralytics data.yaml, or at a root holding images/train, images/val and a data.yaml with names."
+        )
+    if not p.is_file():
+        raise DataError(
+            f"Dataset config {p} does not exist. Point the data path at an existing Ultralytics data.yaml."
+        )
+    try:
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DataError(
+            f"{p} is not valid YAML ({' '.join(str(e).split())}). Fix the syntax at that position."
+        ) from e
+    if not isinstance(cfg, dict):
+        raise DataError(
+            f"{p} must be a YAML mapping with keys 'path', 'train', 'val' and 'names', but it holds a "
+            f"{type(cfg).__name__}. Rewrite it as 'key: value' lines."
+        )
+    names = _parse_names(cfg, p)
+    root = _parse_root(cfg, p)
+    return DataSpec(p, root, _parse_split(cfg, "train", root, p), _parse_split(cfg, "val", root, p), names)
+
+
+def _parse_names(cfg: dict[str, Any], p: Path) -> dict[int, str]:
+    raw = cfg.get("names")
+    if not raw:
+        raise DataError(
+            f"{p} has no 'names' key (or it is empty). Add 'names:' with one class name per id, e.g. "
+            "'names: [scratch, short]' or 'names: {0: scratch, 1: short}'."
+        )
+    if isinstance(raw, list):
+        names = {i: str(n) for i, n in enumerate(raw)}
+    elif isinstance(raw, dict):
+        try:
+            names = {int(k): str(v) for k, v in raw.items()}
+        except (TypeError, ValueError) as e:
+            raise DataError(
+                f"{p}: 'names' keys must be integer class ids, got {list(raw)}. Use '0: name'."
+            ) from e
+        if sorted(names) != list(range(len(names))):
+            raise DataError(
+                f"{p}: 'names' keys must be the class ids 0..{len(names) - 1} without gaps, got {sorted(names)}. "
+                "Renumber the classes (and the label files) contiguously from 0."
+            )
+        names = dict(sorted(names.items()))
+    else:
+        raise DataError(f"{p}: 'names' must be a list or a mapping {{id: name}}, got {type(raw).__name__}.")
+    if "nc" in cfg and cfg["nc"] != len(names):
+        raise DataError(
+            f"{p}: 'nc' is {cfg['nc']!r} but 'names' lists {len(names)} classes. Remove 'nc' (names implies it) "
+            "or make 'names' list exactly nc classes."
+        )
+    return names
+
+
+def _parse_root(cfg: dict[str, Any], p: Path) -> Path:
+    raw = cfg.get("path")
+    if raw in (None, ""):
+        return p.parent
+    if not isinstance(raw, str):
+        raise DataError(
+            f"{p}: 'path' must be a string folder, got {type(raw).__name__}. Fix or remove 'path'."
+        )
+    root = _abspath(raw, p.parent)
+    if not root.is_dir():
+        raise DataError(
+            f"{p}: 'path' resolves to {root}, which is not a directory. Fix 'path' (relative paths resolve "
+            f"against the yaml's folder {p.parent}) or remove it to use that folder."
+        )
+    return root
+
+
+def _parse_split(cfg: dict[str, Any], key: str, root: Path, p: Path) -> list[Path]:
+    raw = cfg.get(key)
+    if raw in (None, "", []):
+        raise DataError(
+            f"{p} has no '{key}' key. Add '{key}:' naming an image folder, a .txt list of images, or a list of "
+            f"those, relative to {root}."
+        )
+    out = []
+    for item in raw if isinstance(raw, list) else [raw]:
+        if not isinstance(item, str):
+            raise DataError(
+                f"{p}: '{key}' entries must be path strings, got {item!r}. Quote or fix that entry."
+            )
+        src = _abspath(item, root)
+        if not src.exists():
+            raise DataError(
+                f"{p}: '{key}' entry {item!r} resolves to {src}, which does not exist. Fix '{key}' (relative "
+                f"entries resolve against {root}, set by 'path') or create that folder/list."
+            )
+        out.append(src)
+    return out
+
+
+@dataclass
+class DatasetIndex:
+    im_files: list[str]
+    shapes: np.ndarray  # (N, 2) int32 original (h, w)
+    labels: np.ndarray  # (M, 5) float32 rows [cls, cx, cy, w, h], normalized
+    offsets: np.ndarray  # (N + 1,) int64, labels of image i are labels[offsets[i]:offsets[i+1]]
+    skipped: list[str] = field(default_factory=list)  # corrupt/unreadable images left out, "path: reason"
+    duplicates_removed: int = 0
+    cache_path: Path | None = field(default=None, repr=False, compare=False)  # where the memmaps live
+
+    def __len__(self) -> int:
+        return len(self.im_files)
+
+    def labels_for(self, i: int) -> np.ndarray:
+        """(k, 5) rows of image i; a read-only view when memory-mapped, so copy before editing in place."""
+        return self.labels[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling a memmap copies its data; spawned DataLoader workers reopen the files instead.
+        state = dict(self.__dict__)
+        if self.cache_path is not None:
+            state.update(dict.fromkeys(_ARRAYS))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.cache_path is not None:
+            for name in _ARRAYS:
+                setattr(self, name, np.load(self.cache_path / f"{name}.npy", mmap_mode="r"))
+
+
+def _is_image(name: str) -> bool:
+    return name.rpartition(".")[-1].lower() in IMG_FORMATS
+
+
+def _list_images(sources: list[Path]) -> list[str]:
+    files: list[str] = []
+    for src in map(Path, sources):
+        if src.is_dir():
+            for d, _, names in os.walk(src, followlinks=True):
+                files += [os.path.join(d, n) for n in names if _is_image(n)]
+        elif src.is_file() and src.suffix.lower() == ".txt":
+            # Relative lines resolve against the list's folder (Ultralytics writes './images/...' lists at the root).
+            lines = (s.strip() for s in src.read_text(encoding="utf-8-sig").splitlines())
+            files += [str(_abspath(s, src.parent)) for s in lines if s and _is_image(s)]
+        elif src.is_file() and _is_image(src.name):
+            files.append(str(src))
+        else:
+            raise DataError(
+                f"Dataset source {src} is not an image folder, a .txt list of images or an image file "
+                f"({', '.join(sorted(IMG_FORMATS))}). Fix that train/val entry in data.yaml."
+            )
+    return sorted(files)
+
+
+def _stat(f: str) -> tuple[int, int]:
+    try:
+        st = os.stat(f)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
+def _cache_key(files: list[str], label_files: list[str], nc: int) -> str:
+    h = hashlib.sha1(f"v{_CACHE_VERSION} nc={nc}\n".encode())
+    for im, lb in zip(files, label_files, strict=True):
+        h.update(f"{im}\0{_stat(im)}\0{_stat(lb)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _verify_image(f: str) -> tuple[tuple[int, int] | None, str]:
+    """Cheap integrity check: header + PIL verify; a full decode only for JPEGs missing their end marker."""
+    try:
+        with _pil_open(f) as im:
+            im.verify()
+            w, h = exif_size(im)
+            fmt = (im.format or "").lower()
+        if fmt not in IMG_FORMATS | {"jpeg2000"}:
+            return None, f"unsupported image format {fmt or 'unknown'}"
+        if h < 10 or w < 10:
+            return None, f"image size {w}x{h} is below 10 pixels"
+        if fmt in {"jpeg", "jpg"}:
+            with open(f, "rb") as fh:
+                fh.seek(-2, os.SEEK_END)
+                if fh.read() != b"\xff\xd9":  # trailing bytes decode fine, truncated data raises here
+                    with _pil_open(f) as im:
+                        im.load()
+        return (h, w), ""
+    except Exception as e:  # any failure to read means the image can't train
+        return None, " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def _read_labels(lb_file: str, nc: int) -> tuple[np.ndarray, int]:
+    """Validated (k, 5) rows of one label file and how many exact duplicate rows were dropped."""
+    try:
+        text = Path(lb_file).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return np.zeros((0, 5), np.float32), 0  # background image
+    rows: dict[tuple[float, ...], None] = {}  # insertion-ordered set
+    dups = 0
+    for ln, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        where, fmt = f"{lb_file}:{ln}", "YOLO detection labels are 'class cx cy w h' per line"
+        if len(parts) != 5:
+            raise DataError(
+                f"{where}: expected 5 numbers, found {len(parts)} in {line.strip()!r}; {fmt}. Fix that row."
+            )
+        try:
+            c, *box = (float(x) for x in parts)
+        except ValueError as e:
+            raise DataError(f"{where}: {line.strip()!r} holds a non-number; {fmt}. Fix that row.") from e
+        if not (c.is_integer() and 0 <= c < nc):
+            raise DataError(
+                f"{where}: class id {parts[0]} is not an integer in [0, {nc}). Fix the id, or add the class to "
+                "'names' in data.yaml."
+            )
+        if not all(math.isfinite(v) and -_TOL <= v <= 1 + _TOL for v in box):
+            raise DataError(
+                f"{where}: box {parts[1:]} is not normalized to [0, 1]; {fmt} with coordinates divided by the image "
+                "width and height. Divide pixel coordinates by the image size."
+            )
+        if box[2] <= 0 or box[3] <= 0:
+            raise DataError(
+                f"{where}: box width and height must be > 0, got {parts[3:]}. Fix or delete that row."
+            )
+        row = (c, *(min(max(v, 0.0), 1.0) for v in box))
+        if row in rows:
+            dups += 1
+        rows[row] = None
+    return np.array(list(rows), np.float32).reshape(-1, 5), dups
+
+
+def _build(files: list[str], label_files: list[str], nc: int, final: Path) -> None:
+    """Verify, parse and write the index into a temp dir, then rename it into place atomically."""
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as ex:
+        checks = list(ex.map(_verify_image, files))
+    keep = [i for i, (shape, _) in enumerate(checks) if shape is not None]
+    skipped = [f"{files[i]}: {reason}" for i, (shape, reason) in enumerate(checks) if shape is None]
+    if not keep:
+        raise DataError(
+            f"None of the {len(files)} images for {final.name} could be read (first: {skipped[0]}). Fix or replace "
+            "the image files."
+        )
+    parsed = [_read_labels(label_files[i], nc) for i in keep]
+    offsets = np.zeros(len(keep) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(rows) for rows, _ in parsed])
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        np.save(tmp / "shapes.npy", np.array([checks[i][0] for i in keep], np.int32).reshape(-1, 2))
+        np.save(tmp / "labels.npy", np.concatenate([rows for rows, _ in parsed]).astype(np.float32))
+        np.save(tmp / "offsets.npy", offsets)
+        dups = sum(d for _, d in parsed)
+        meta = {"im_files": [files[i] for i in keep], "skipped": skipped, "duplicates_removed": dups}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "meta.json").is_file():  # else another node on a shared filesystem won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(final: Path) -> DatasetIndex:
+    meta = json.loads((final / "meta.json").read_text())
+    arrays = [np.load(final / f"{name}.npy", mmap_mode="r") for name in _ARRAYS]
+    return DatasetIndex(
+        meta["im_files"], *arrays, meta["skipped"], meta["duplicates_removed"], cache_path=final
+    )
+
+
+def build_index(sources: list[Path], nc: int, cache_dir: Path, split: str) -> DatasetIndex:
+    """Index a split; local rank 0 builds the cache when missing, then every rank memory-maps it."""
+    files = _list_images(sources)
+    if not files:
+        raise DataError(
+            f"No images ({', '.join(sorted(IMG_FORMATS))}) found for split '{split}' in "
+            f"{', '.join(map(str, sources))}. Fix the '{split}' entry in data.yaml."
+        )
+    label_files = img2label_paths(files)
+    final = Path(cache_dir) / f"{split}-{_cache_key(files, label_files, nc)}"
+    error: Exception | None = None
+    with local_rank_zero_first() as leader:
+        if leader and not (final / "meta.json").is_file():
+            # Catch so the barrier still completes: waiting ranks then fail fast instead of hanging.
+            try:
+                _build(files, label_files, nc, final)
+            except Exception as e:
+                error = e
+    if error is not None:
+        raise error
+    if not (final / "meta.json").is_file():
+        raise DataError(
+            f"The '{split}' index cache {final} is missing: local rank 0 failed to build it; see its log."
+        )
+    index = _load(final)
+    if index.skipped and get_rank() == 0:
+        LOGGER.warning(
+            "%s: skipped %d corrupt or unreadable image(s); first: %s. Fix or delete them to silence this warning.",
+            split,
+            len(index.skipped),
+            "; ".join(index.skipped[:3]),
+        )
+    return index

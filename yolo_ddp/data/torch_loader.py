@@ -1,0 +1,168 @@
+"""A torch DataLoader over a `DatasetIndex`, built from Ultralytics' own transforms.
+
+Reusing `LetterBox`/`RandomHSV`/`RandomFlip`/`Format` keeps boxes, colour order and `ratio_pad` bit-compatible with
+what `v8DetectionLoss` and the Ultralytics metrics expect; only the index (node-shared memmaps) and the samplers
+(DDP sharding without duplicated validation images) are ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
+from ultralytics.data.augment import Compose, Format, LetterBox, RandomFlip, RandomHSV
+from ultralytics.data.dataset import YOLODataset
+from ultralytics.utils.instance import Instances
+from ultralytics.utils.patches import imread
+
+from yolo_ddp.data.dataset import DatasetIndex
+from yolo_ddp.dist import get_rank, get_world_size
+
+# Ultralytics' default hyperparameters for the augmentations this backend supports.
+AUGMENT_DEFAULTS: dict[str, float] = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "fliplr": 0.5}
+
+
+class YoloDataset(Dataset[dict[str, Any]]):
+    """One letterboxed (and, for training, colour/flip-augmented) sample per index entry."""
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        imgsz: int,
+        augment: bool,
+        hsv_h: float = 0.015,
+        hsv_s: float = 0.7,
+        hsv_v: float = 0.4,
+        fliplr: float = 0.5,
+    ) -> None:
+        self.index, self.imgsz, self.augment = index, imgsz, augment
+        steps: list[Any] = [LetterBox(new_shape=(imgsz, imgsz), auto=False, scaleup=True, center=True)]
+        if augment:  # after letterboxing, as in Ultralytics' v8_transforms: HSV/flip on imgsz² pixels only
+            steps += [
+                RandomHSV(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v),
+                RandomFlip(p=fliplr, direction="horizontal"),
+            ]
+        steps.append(
+            Format(
+                bbox_format="xywh", normalize=True, return_mask=False, return_keypoint=False, batch_idx=True
+            )
+        )
+        self.transforms = Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        f = self.index.im_files[i]
+        img = imread(f)  # BGR HWC uint8; Format flips to RGB CHW
+        if img is None:
+            raise FileNotFoundError(
+                f"Image {f} could not be read although it passed indexing; was it changed?"
+            )
+        hw = img.shape[:2]
+        lb = np.array(self.index.labels_for(i), dtype=np.float32)  # copy: Instances edits boxes in place
+        label = {
+            "im_file": f,
+            "img": img,
+            "ori_shape": hw,
+            "resized_shape": hw,
+            "ratio_pad": (1.0, 1.0),  # LetterBox turns this into ((r, r), (padw, padh))
+            "cls": lb[:, :1].copy(),
+            "instances": Instances(
+                lb[:, 1:].copy(),
+                segments=np.zeros((0, 0, 2), np.float32),
+                bbox_format="xywh",
+                normalized=True,
+            ),
+        }
+        return self.transforms(label)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ultralytics' collate (stack img, concat cls/bboxes, offset batch_idx) with per-image fields as lists."""
+    batch = YOLODataset.collate_fn(samples)
+    for k in ("im_file", "ori_shape", "resized_shape", "ratio_pad"):
+        batch[k] = list(batch[k])
+    return batch
+
+
+class ShardSampler(Sampler[int]):
+    """Validation: indices rank::world, no padding, so every image is seen exactly once across ranks.
+
+    DistributedSampler pads with repeated images to equalise rank sizes, which double-counts them in metrics.
+    """
+
+    def __init__(self, n: int, rank: int | None = None, world_size: int | None = None) -> None:
+        self.n = n
+        self.rank = get_rank() if rank is None else rank
+        self.world_size = get_world_size() if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """No-op, so a trainer can call set_epoch on train and val samplers alike."""
+
+
+def _hyp(augment: dict[str, Any] | None) -> dict[str, float]:
+    unknown = set(augment or {}) - set(AUGMENT_DEFAULTS)
+    if unknown:
+        raise ValueError(
+            f"Unknown augmentation keys {sorted(unknown)}; supported: {sorted(AUGMENT_DEFAULTS)}."
+        )
+    return {**AUGMENT_DEFAULTS, **(augment or {})}
+
+
+def build_loader(
+    index: DatasetIndex,
+    imgsz: int,
+    batch_per_rank: int,
+    workers: int,
+    train: bool,
+    seed: int = 0,
+    augment: dict[str, Any] | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Train: shuffled DDP shards with equal, full batches per rank. Val: every image once, never augmented.
+
+    `augment` overrides `AUGMENT_DEFAULTS` for training (None: defaults; zeros disable). Worker RNGs (which the
+    Ultralytics transforms draw from: `random` and `np.random`) are seeded by torch from a generator keyed on
+    (seed, rank), so streams differ per rank and worker and continue across epochs in persistent workers. With
+    workers=0 the transforms use the main process's global RNGs.
+    """
+    rank, world = (get_rank(), get_world_size()) if torch.distributed.is_initialized() else (0, 1)
+    dataset = YoloDataset(index, imgsz, augment=train, **_hyp(augment))
+    sampler: Sampler[int]
+    if train:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+    else:
+        sampler = ShardSampler(len(dataset), rank, world)
+    generator = torch.Generator()
+    generator.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_per_rank,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=train,
+        persistent_workers=workers > 0,
+        generator=generator,
+    )
+    if train and len(loader) == 0:
+        raise ValueError(
+            f"The train split has {len(index)} images, fewer than one batch per rank ({batch_per_rank} x {world} "
+            "ranks) after dropping the remainder. Lower the batch size or add images."
+        )
+    return loader
