@@ -1,0 +1,22 @@
+"""Where the data comes from: the user's data.yaml, or the built-in synthetic PCB set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from yolo_ddp.config import DataConfig
+from yolo_ddp.dist import local_rank_zero_first
+
+
+def resolve_data_yaml(data: DataConfig) -> Path:
+    """The data.yaml to train on. The synthetic set is materialised once per node (local rank 0)."""
+    if data.path:
+        return Path(data.path).expanduser()
+    from yolo_ddp.data.synthetic import materialize
+
+    s = data.synthetic
+    root = Path(data.cache_dir).expanduser() / "synthetic" / f"{data.name}-{s.n_train}-{s.n_val}-{s.image_size}-{s.seed}"
+    with local_rank_zero_first() as leader:
+        if leader:
+            materialize(root, n_train=s.n_train, n_val=s.n_val, img_size=s.image_size, seed=s.seed)
+    return root / "data.yaml"
