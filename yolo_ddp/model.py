@@ -1,0 +1,49 @@
+"""Ultralytics' DetectionModel built from its yaml; weights only from a local path, never downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ultralytics.cfg import get_cfg
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+from yolo_ddp.config import ModelConfig, TrainConfig
+
+
+def loss_hyperparameters(train: TrainConfig, imgsz: int):
+    """Ultralytics' own hyperparameter namespace (its loss reads box/cls/dfl gains from `model.args`)."""
+    return get_cfg(overrides={"box": train.box, "cls": train.cls, "dfl": train.dfl, "imgsz": imgsz})
+
+
+def build_model(
+    cfg: ModelConfig, names: dict[int, str], train: TrainConfig, imgsz: int, verbose: bool = False
+) -> DetectionModel:
+    model = DetectionModel(cfg=cfg.cfg, nc=len(names), verbose=verbose)
+    model.names = dict(names)
+    model.nc = len(names)
+    model.args = loss_hyperparameters(train, imgsz)
+    if cfg.weights:
+        load_local_weights(model, Path(cfg.weights))
+    return model
+
+
+def load_local_weights(model: DetectionModel, path: Path) -> None:
+    """Initialise from a local Ultralytics .pt (matching layers only, as `yolo train model=x.pt` does)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Config key 'model.weights': {path} does not exist. Nothing is downloaded at run time: copy the "
+            f".pt file to this machine and pass its path, or leave model.weights empty to train from scratch."
+        )
+    # Ultralytics weights are pickled modules, so this needs full unpickling: only a path the user named.
+    source, _ = load_checkpoint(str(path))
+    model.load(source, verbose=False)
+
+
+def loss_criterion(model: DetectionModel):
+    """Ultralytics' loss for this head (v8DetectionLoss, or E2ELoss for end-to-end heads)."""
+    return model.init_criterion()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

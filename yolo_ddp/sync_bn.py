@@ -1,0 +1,77 @@
+"""SyncBatchNorm for every device: torch's on GPUs, a collective-based one on CPU.
+
+torch.nn.SyncBatchNorm refuses CPU tensors (its kernels are CUDA-only), yet a CPU/gloo job with a
+small per-rank batch has the same BatchNorm-statistics problem. On CPU the statistics are summed
+with `torch.distributed.nn.functional.all_reduce`, which is differentiable, so autograd produces the
+same gradients as one process on the union batch (the backward all-reduces the gradient sums, as
+torch's CUDA implementation does).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.nn.functional import all_reduce
+
+# The differentiable all_reduce is flagged deprecated in favour of functional collectives that have no
+# autograd support on gloo yet; it is still the public differentiable one.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated")
+
+
+class CollectiveBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose batch statistics span all ranks of the default process group."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = (0, 2, 3)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        moments = torch.cat([count, x.sum(dims), (x * x).sum(dims)])
+        moments = all_reduce(moments, op=dist.ReduceOp.SUM)
+        n, total, total_sq = moments[0], moments[1 : 1 + x.shape[1]], moments[1 + x.shape[1] :]
+        mean = total / n
+        var = (total_sq / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def _convert_cpu(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CollectiveBatchNorm2d):
+        out = CollectiveBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _convert_cpu(child))
+    return out
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _convert_cpu(model)
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Plain BatchNorm2d again, for saving weights that load anywhere (Ultralytics, single GPU, CPU)."""
+    out = module
+    if isinstance(module, (nn.SyncBatchNorm, CollectiveBatchNorm2d)):
+        out = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                             module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, revert_sync_batchnorm(child))
+    return out

@@ -1,0 +1,159 @@
+"""`train(cfg)`: build everything from the config, run the epochs, return the final metrics.
+
+Order per epoch: train → validate (EMA weights) → checkpoint (rank 0, atomic) → writers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from copy import deepcopy
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from ultralytics.utils.torch_utils import ModelEMA
+
+from yolo_ddp import checkpoint, dist
+from yolo_ddp.config import Config
+from yolo_ddp.data.dataset import build_index, load_data_spec
+from yolo_ddp.data.source import resolve_data_yaml
+from yolo_ddp.data.torch_loader import build_loader
+from yolo_ddp.evaluate import EvalResult, evaluate, make_scorer
+from yolo_ddp.log import make_writer, setup_rank_logging
+from yolo_ddp.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
+from yolo_ddp.model import build_model, loss_criterion
+from yolo_ddp.optim import build_optimizer, build_scheduler, choose_optimizer
+from yolo_ddp.plan import agree_amp_mode, make_plan
+from yolo_ddp.sync_bn import convert_sync_batchnorm, revert_sync_batchnorm
+
+log = logging.getLogger("yolo_ddp.train")
+AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    setup_rank_logging(run_dir, dist.get_rank())
+    device = dist.init_process_group(cfg.dist.timeout_s, cfg.dist.backend)
+    try:
+        return _train(cfg, run_dir, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _set_threads(cfg: Config, device: torch.device) -> None:
+    if device.type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(cfg.train.threads_per_rank or max(1, (os.cpu_count() or 1) // local_world))
+
+
+def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    _refuse_to_overwrite(cfg, run_dir)
+    writer = make_writer(rank, run_dir)
+    _set_threads(cfg, device)
+    torch.manual_seed(cfg.train.seed)  # identical init everywhere; DDP also broadcasts rank 0's weights
+
+    spec = load_data_spec(resolve_data_yaml(cfg.data))
+    cache = Path(cfg.data.cache_dir).expanduser() / "index"
+    train_index = build_index(spec.train, spec.nc, cache, "train")
+    val_index = build_index(spec.val, spec.nc, cache, "val")
+
+    amp = agree_amp_mode(cfg.train.amp, device)
+    plan = make_plan(cfg.train, cfg.data.imgsz, world, amp, device.type, len(train_index))
+    writer.info(f"world size {world} on {device.type}; data {spec.yaml_path} ({len(train_index)} train / "
+                f"{len(val_index)} val images, {spec.nc} classes)\n{plan.describe()}")
+    writer.write_text("plan.json", plan.to_json())
+
+    raw = build_model(cfg.model, spec.names, cfg.train, cfg.data.imgsz, verbose=False)
+    if plan.sync_bn:
+        raw = convert_sync_batchnorm(raw, device)
+    raw = raw.to(device)
+    model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else raw
+
+    choice = choose_optimizer(cfg.train, spec.nc, plan.total_steps)
+    optimizer = build_optimizer(raw, choice, plan.weight_decay)
+    warmup_steps = round(cfg.train.warmup_epochs * plan.steps_per_epoch)
+    state = TrainState(
+        model=model, raw=raw, criterion=loss_criterion(raw), optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.train, choice, warmup_steps, plan.total_steps),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
+        ema=ModelEMA(raw) if cfg.train.ema else None,
+    )
+    writer.info(f"optimizer {choice.name} lr0={choice.lr0} momentum={choice.momentum}, warmup {warmup_steps} steps")
+    _maybe_resume(cfg, run_dir, state)
+
+    aug = {"hsv_h": cfg.data.hsv_h, "hsv_s": cfg.data.hsv_s, "hsv_v": cfg.data.hsv_v, "fliplr": cfg.data.fliplr}
+    pin = device.type == "cuda"
+    train_loader = build_loader(train_index, cfg.data.imgsz, plan.batch_per_rank, cfg.data.workers, train=True,
+                                seed=cfg.train.seed, augment=aug, pin_memory=pin)
+    val_loader = build_loader(val_index, cfg.data.imgsz, plan.batch_per_rank * 2, cfg.data.workers, train=False,
+                              pin_memory=pin)
+    scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
+    ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], warmup_steps, cfg.logger.log_every_steps)
+    train_args = {"task": "detect", "model": cfg.model.cfg, "data": str(spec.yaml_path), "imgsz": cfg.data.imgsz,
+                  "epochs": cfg.train.epochs, "batch": cfg.train.batch, "nbs": cfg.train.nbs}
+
+    result: EvalResult | None = None
+    last_row: dict[str, Any] = {}
+    while state.epoch < plan.epochs:
+        stats = train_one_epoch(state, train_loader, ctx, writer)
+        state.epoch += 1
+        epoch_result = None
+        if state.epoch % cfg.train.val_every == 0 or state.epoch == plan.epochs:
+            epoch_result = evaluate(state.ema.ema if state.ema else raw, val_loader, scorer, device, AMP_DTYPES[amp])
+            result = epoch_result or result
+        fitness = dist.broadcast_object(epoch_result.fitness if epoch_result else None)
+        is_best = fitness is not None and fitness > state.best_fitness
+        if is_best:
+            state.best_fitness = fitness
+        if rank == 0:  # the collectives above prove every rank finished this epoch
+            _save(run_dir, state, cfg, plan, train_args, is_best)
+        last_row = {"epoch": state.epoch, "step": state.step, **{k: stats[k] for k in LOSS_NAMES},
+                    "mAP50": epoch_result.map50 if epoch_result else "",
+                    "mAP50-95": epoch_result.map50_95 if epoch_result else "",
+                    "img_per_s": stats["img_per_s"], "epoch_time_s": stats["epoch_time_s"], "lr": stats["lr"]}
+        writer.epoch_row(last_row)
+        writer.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last_row.items()))
+    dist.barrier()
+    if result is not None:
+        writer.info(f"done: {state.epoch} epochs, {state.step} optimizer steps; final mAP50={result.map50:.4f} "
+                    f"mAP50-95={result.map50_95:.4f}; best.pt and last.pt in {run_dir}")
+    return {**last_row, "world_size": world, "plan": plan.as_dict()}
+
+
+def _refuse_to_overwrite(cfg: Config, run_dir: Path) -> None:
+    """A fresh run never trains over (and later overwrites) another run's checkpoints."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+    if (run_dir / "last.pt").exists() and not cfg.train.resume and not restarted:
+        raise checkpoint.CheckpointError(
+            f"Run dir {run_dir} already holds a run ({run_dir / 'last.pt'}). Pass train.resume=true to continue "
+            f"it, or start a new run in another dir (drop hydra.run.dir=...); nothing was changed."
+        )
+
+
+def _maybe_resume(cfg: Config, run_dir: Path, state: TrainState) -> None:
+    last = run_dir / "last.pt"
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+    if not cfg.train.resume and not (restarted and last.exists()):
+        return
+    if not last.exists():
+        raise checkpoint.CheckpointError(
+            f"train.resume=true but {last} does not exist. Resume continues a run in its own dir: pass "
+            f"hydra.run.dir=<that run's dir> (for example outputs/2026-01-31/12-00-00), or drop train.resume."
+        )
+    ckpt = checkpoint.load_train_state(last)
+    state.load_state_dict(ckpt)
+    checkpoint.set_rng_state(ckpt["rng"])
+    log.info(f"resumed from {last}: {state.epoch} epochs / {state.step} steps done")
+
+
+def _save(run_dir: Path, state: TrainState, cfg: Config, plan, train_args: dict, is_best: bool) -> None:
+    checkpoint.save_train_state(run_dir / "last.pt", {**state.state_dict(), "config": asdict(cfg),
+                                                     "plan": plan.as_dict()})
+    if is_best:
+        weights = revert_sync_batchnorm(deepcopy(state.ema.ema if state.ema else state.raw))
+        checkpoint.save_ultralytics_weights(run_dir / "best.pt", weights, train_args, state.epoch,
+                                            state.best_fitness, state.ema.updates if state.ema else 0)
