@@ -1,0 +1,114 @@
+"""Entry point: `python -m launcher ...` (spawns workers) or `torchrun ... -m launcher ...` (is a worker).
+
+Composes the Hydra config, validates it against the typed schema, and either trains (under an elastic
+agent: this process is one rank) or starts a DDP job of `launcher.nproc_per_node` workers. In a Hydra
+multirun each sweep point becomes one full DDP job with its own run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported anywhere: nothing downloads
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from launcher.run_id import register_resolvers, run_id  # noqa: E402
+from launcher.store import register_configs  # noqa: E402
+from yolo_ddp.config import Config  # noqa: E402
+from yolo_ddp.dist import under_elastic_agent  # noqa: E402
+from yolo_ddp.plan import split_global_batch  # noqa: E402
+
+log = logging.getLogger("launcher")
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The typed, validated config (runs every `__post_init__` check)."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ValueError(
+            f"Config key(s) {', '.join(missing)} must be set (marked ??? in conf/). Pass them on the command "
+            f"line, e.g. {missing[0]}=..."
+        )
+    return OmegaConf.to_object(cfg)
+
+
+def _job_label() -> str:
+    hc = HydraConfig.get()
+    overrides = " ".join(hc.overrides.task) or "(no overrides)"
+    num = hc.job.get("num", None)
+    return f"job #{num} [{overrides}]" if hc.mode.name == "MULTIRUN" else f"job [{overrides}]"
+
+
+def spawn_job(cfg: DictConfig) -> dict:
+    from launcher.spawn import launch_workers, resolve_nproc
+
+    typed = to_config(cfg)  # fail here, in one process, before any worker starts
+    run_dir = Path(typed.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True,
+                        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "launcher.log")])
+    nproc = resolve_nproc(typed.launcher.nproc_per_node)
+    label = _job_label()
+    try:  # refuse a batch that cannot split before any worker starts
+        split_global_batch(typed.train.batch, nproc * typed.launcher.nnodes)
+    except ValueError as e:
+        raise ValueError(f"{label}: {e}") from None
+    resolved = run_dir / "resolved_config.yaml"
+    resolved.write_text(OmegaConf.to_yaml(OmegaConf.structured(typed)))
+    log.info(f"{label}: {nproc} worker(s) per node x {typed.launcher.nnodes} node(s), run dir {run_dir}")
+    try:
+        launch_workers(resolved, nproc, typed.launcher, run_id=f"{run_id()}-{run_dir.name}")
+    except Exception as e:
+        raise RuntimeError(f"{label} failed: {e}. Each rank's log is in {run_dir}/rank*.log.") from e
+    return json.loads((run_dir / "result.json").read_text())
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    if under_elastic_agent():  # torchrun started us: this process is one rank
+        from yolo_ddp.train import train
+
+        result = train(to_config(cfg))
+    else:
+        result = spawn_job(cfg)
+    return result.get("mAP50-95")  # what a sweeper optimises
+
+
+def _refuse_multirun_under_torchrun(argv: list[str]) -> None:
+    if under_elastic_agent() and any(a in ("-m", "--multirun") for a in argv[1:]):
+        sys.stderr.write(
+            "error: a Hydra multirun (-m) cannot run under torchrun: every rank would start its own sweep. "
+            "Run the sweep without torchrun, `python -m launcher -m ...`, and each sweep point becomes a full "
+            "DDP job with launcher.nproc_per_node workers.\n"
+        )
+        raise SystemExit(2)
+
+
+def _default_to_cpu_profile(argv: list[str]) -> None:
+    """No GPU and no explicit train profile: use the CPU-sized one, and say so first."""
+    import torch
+
+    if torch.cuda.is_available() or any(a.startswith(("train=", "+train=")) for a in argv[1:]):
+        return
+    argv.insert(1, "train=cpu_quick")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print("No GPU found: using the CPU profile train=cpu_quick (pass train=default to override).", flush=True)
+
+
+def main() -> None:
+    _refuse_multirun_under_torchrun(sys.argv)
+    _default_to_cpu_profile(sys.argv)
+    register_resolvers()
+    register_configs()
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
