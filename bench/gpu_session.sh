@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One lent-GPU session: environment, NCCL init + bf16/fp16 training smoke runs, throughput vs
+# Ultralytics. Logs go to $OUT (device tool) or bench/out. Usage: bash bench/gpu_session.sh [quick]
+set -uo pipefail
+OUT=${OUT:-bench/out}; mkdir -p "$OUT"
+export YOLO_OFFLINE=1 PYTHONUNBUFFERED=1 YOLO_DDP_OUTPUTS=/tmp/yd_out
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version(), 'bf16', torch.cuda.is_bf16_supported())"; } 2>&1 | tee "$OUT/env.txt"
+SMALL="data.synthetic.n_train=256 data.synthetic.n_val=64 data.synthetic.image_size=640 data.imgsz=640 train.batch=32 train.epochs=2 data.workers=8 data.cache_dir=/tmp/yd_cache"
+for amp in bf16 fp16; do
+  echo "=== torchrun NCCL smoke, amp=$amp" | tee -a "$OUT/smoke.txt"
+  python3 -m torch.distributed.run --nproc_per_node=1 -m launcher +experiment=pcb_defects train=default $SMALL train.amp=$amp 2>&1 | grep -vE "^\s*$" | tail -25 | tee -a "$OUT/smoke.txt"
+done
+echo "=== self-spawning launcher (nproc auto)" | tee -a "$OUT/smoke.txt"
+python3 -m launcher +experiment=pcb_defects train=default $SMALL 2>&1 | tail -6 | tee -a "$OUT/smoke.txt"
+[ "${1:-}" = quick ] && exit 0
+for model in yolov8n.yaml yolov8s.yaml; do
+  python3 bench/train_vs_ultralytics.py --device 0 --model $model --imgsz 640 --batch 64 --epochs 4 --amp bf16 \
+    --workers 8 --n-train 1024 --pairs 1 2>&1 | tail -8 | tee -a "$OUT/throughput.txt"
+  cp bench/out/train_vs_ultralytics.csv "$OUT/throughput_${model%.yaml}.csv"
+done
