@@ -13,17 +13,21 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported anywhere: nothing downloads
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from launcher.run_id import register_resolvers, run_id  # noqa: E402
-from launcher.store import register_configs  # noqa: E402
-from yolo_ddp.config import Config  # noqa: E402
-from yolo_ddp.dist import under_elastic_agent  # noqa: E402
-from yolo_ddp.plan import split_global_batch  # noqa: E402
+from launcher.errors import exit_on_user_error
+from launcher.run_id import register_resolvers, run_id
+from launcher.store import register_configs
+from yolo_ddp.checkpoint import load_train_state
+from yolo_ddp.config import Config
+from yolo_ddp.data.dataset import load_data_spec
+from yolo_ddp.data.source import resolve_data_yaml
+from yolo_ddp.dist import get_rank, under_elastic_agent
+from yolo_ddp.plan import split_global_batch
 
 log = logging.getLogger("launcher")
 
@@ -46,6 +50,10 @@ def _job_label() -> str:
     return f"job #{num} [{overrides}]" if hc.mode.name == "MULTIRUN" else f"job [{overrides}]"
 
 
+class JobFailed(RuntimeError):
+    """A DDP job whose workers failed; its message names the job and where the logs are."""
+
+
 def spawn_job(cfg: DictConfig) -> dict:
     from launcher.spawn import launch_workers, resolve_nproc
 
@@ -54,6 +62,11 @@ def spawn_job(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True,
                         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "launcher.log")])
+    # Input the parent can check fails here, once, instead of in every worker.
+    if typed.data.path:
+        load_data_spec(resolve_data_yaml(typed.data))
+    if typed.train.resume:
+        load_train_state(run_dir / "last.pt")
     nproc = resolve_nproc(typed.launcher.nproc_per_node)
     label = _job_label()
     try:  # refuse a batch that cannot split before any worker starts
@@ -65,8 +78,10 @@ def spawn_job(cfg: DictConfig) -> dict:
     log.info(f"{label}: {nproc} worker(s) per node x {typed.launcher.nnodes} node(s), run dir {run_dir}")
     try:
         launch_workers(resolved, nproc, typed.launcher, run_id=f"{run_id()}-{run_dir.name}")
-    except Exception as e:
-        raise RuntimeError(f"{label} failed: {e}. Each rank's log is in {run_dir}/rank*.log.") from e
+    except ChildFailedError as e:
+        codes = ", ".join(f"rank {r}: exit {f.exitcode}" for r, f in sorted(e.failures.items()))
+        raise JobFailed(f"{label} failed ({codes}). The ranks' messages are above; each rank's log is in "
+                        f"{run_dir}/rank*.log.") from None
     return json.loads((run_dir / "result.json").read_text())
 
 
@@ -75,8 +90,14 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if under_elastic_agent():  # torchrun started us: this process is one rank
         from yolo_ddp.train import train
 
-        result = train(to_config(cfg))
-    else:
+        result = exit_on_user_error(lambda: train(to_config(cfg)), rank=get_rank())
+    elif HydraConfig.get().mode == RunMode.RUN:
+        try:
+            result = exit_on_user_error(lambda: spawn_job(cfg))
+        except JobFailed as e:
+            sys.stderr.write(f"error: {e}\n")
+            raise SystemExit(1) from None
+    else:  # multirun: raise, so Hydra runs the other sweep points and then fails naming this one
         result = spawn_job(cfg)
     return result.get("mAP50-95")  # what a sweeper optimises
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from launcher.errors import exit_on_user_error
 from yolo_ddp import dist
 from yolo_ddp.config import Config
 
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> None:
     from yolo_ddp.train import train
 
     cfg = load_resolved_config(Path(argv[0]))
-    result = train(cfg)
+    result = exit_on_user_error(lambda: train(cfg), rank=dist.get_rank())
     if dist.get_rank() == 0:
         (Path(cfg.run_dir) / "result.json").write_text(json.dumps(result, indent=2, default=str))
 

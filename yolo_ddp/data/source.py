@@ -5,13 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from yolo_ddp.config import DataConfig
+from yolo_ddp.data.dataset import DataError
 from yolo_ddp.dist import local_rank_zero_first
 
 
 def resolve_data_yaml(data: DataConfig) -> Path:
     """The data.yaml to train on. The synthetic set is materialised once per node (local rank 0)."""
     if data.path:
-        return Path(data.path).expanduser()
+        path = Path(data.path).expanduser()
+        if not path.exists():
+            raise DataError(
+                f"Config key 'data.path': {path} does not exist. Pass data.path=path/to/data.yaml (an Ultralytics "
+                f"data.yaml with train, val and names) or a YOLO-format root dir, or leave data.path empty to use "
+                f"the built-in synthetic pcb_defects set."
+            )
+        return path
     from yolo_ddp.data.synthetic import materialize
 
     s = data.synthetic
