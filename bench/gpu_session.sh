@@ -19,6 +19,6 @@ python3 -m launcher +experiment=pcb_defects train=default $SMALL 2>&1 | tail -6 
 [ "${1:-}" = quick ] && exit 0
 for model in yolov8n.yaml yolov8s.yaml; do
   python3 bench/train_vs_ultralytics.py --device 0 --model $model --imgsz 640 --batch 64 --epochs 4 --amp bf16 \
-    --workers 8 --n-train 1024 --pairs 1 2>&1 | tail -8 | tee -a "$OUT/throughput.txt"
+    --workers 8 --n-train 2048 --pairs 2 2>&1 | tail -8 | tee -a "$OUT/throughput.txt"
   cp bench/out/train_vs_ultralytics.csv "$OUT/throughput_${model%.yaml}.csv"
 done

@@ -1,8 +1,10 @@
 """Our trainer vs Ultralytics' trainer on the same data, model, imgsz, batch and augmentation.
 
-Runs both as subprocesses on the synthetic PCB set (or --data), alternating ours/theirs --pairs
-times, and reports training img/s per epoch (first epoch excluded as warm-up; validation, plots and
-checkpoints excluded on both sides). Prints a table and writes bench/out/train_vs_ultralytics.csv.
+Runs both as subprocesses on the synthetic PCB set, alternating ours/theirs --pairs times, and
+reports img/s from the interval between consecutive epoch ends (the first epoch is warm-up and
+excluded; validation is off until the final epoch on both sides, plots off). Everything else a run
+spends per epoch counts: data loading, steps, checkpoints. Needs --epochs >= 3. Prints a table and
+writes bench/out/train_vs_ultralytics.csv.
 
   python bench/train_vs_ultralytics.py --device cpu --imgsz 256 --batch 16 --epochs 3
   python bench/train_vs_ultralytics.py --device 0 --imgsz 640 --batch 64 --epochs 4 --amp bf16
@@ -28,15 +30,11 @@ ULTRALYTICS_SNIPPET = r"""
 import json, sys, time
 from ultralytics import YOLO
 args = json.loads(sys.argv[1])
-times, t = [], {}
-def start(trainer): t["s"] = time.perf_counter()
-def end(trainer): times.append(time.perf_counter() - t["s"])
+ends = []
 model = YOLO(args.pop("model"))
-model.add_callback("on_train_epoch_start", start)
-model.add_callback("on_train_epoch_end", end)
-t0 = time.perf_counter()
+model.add_callback("on_train_epoch_end", lambda trainer: ends.append(time.perf_counter()))
 model.train(**args)
-print("EPOCH_TIMES " + json.dumps(times))
+print("EPOCH_ENDS " + json.dumps(ends))
 """
 
 
@@ -52,7 +50,8 @@ def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> list
     ]
     subprocess.run([sys.executable, "-m", "launcher", *overrides], check=True, cwd=REPO)
     with (run_dir / "metrics.csv").open() as f:
-        return [n_train // a.batch * a.batch / float(r["epoch_time_s"]) for r in csv.DictReader(f)]
+        ends = [float(r["train_end_s"]) for r in csv.DictReader(f)]
+    return per_epoch_rates(ends, n_train // a.batch * a.batch)
 
 
 def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> list[float]:
@@ -65,9 +64,14 @@ def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> li
     }
     proc = subprocess.run([sys.executable, "-c", ULTRALYTICS_SNIPPET, json.dumps(args)], check=True, cwd=OUT,
                           capture_output=True, text=True)
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("EPOCH_TIMES "))
-    # Ultralytics' loader drops no tail batch; count the images it actually trained on
-    return [n_train / t for t in json.loads(line.split(" ", 1)[1])]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("EPOCH_ENDS "))
+    return per_epoch_rates(json.loads(line.split(" ", 1)[1]), n_train)  # its loader keeps the ragged tail batch
+
+
+def per_epoch_rates(ends: list[float], images_per_epoch: int) -> list[float]:
+    """img/s between consecutive epoch ends: everything a run spends per epoch (data, step, checkpoint,
+    a loader's epoch-boundary refill) except validation, which both sides skip before the last epoch."""
+    return [images_per_epoch / (b - a) for a, b in zip(ends[:-1], ends[1:], strict=False)]
 
 
 def main() -> None:
@@ -76,7 +80,7 @@ def main() -> None:
     p.add_argument("--model", default="yolov8n.yaml")
     p.add_argument("--imgsz", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     p.add_argument("--nproc", type=int, default=1, help="our ranks (Ultralytics runs one process here)")
@@ -96,7 +100,7 @@ def main() -> None:
             t0 = time.perf_counter()
             tag = f"{Path(a.model).stem}-{a.imgsz}-b{a.batch}-{a.amp}-p{pair}"
             per_epoch = fn(a, data_yaml, a.n_train, tag)
-            steady = per_epoch[1:] or per_epoch
+            steady = per_epoch  # intervals from the end of epoch 1 on: warm-up excluded
             rows.append({"pair": pair, "trainer": name, "device": a.device, "model": a.model, "imgsz": a.imgsz,
                          "batch": a.batch, "amp": a.amp, "nproc": a.nproc if name == "yolo-ddp" else 1,
                          "img_per_s_median": round(statistics.median(steady), 2),
@@ -108,7 +112,7 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\n{'pair':>4} {'trainer':<12} {'nproc':>5} {'img/s (median, epochs 2+)':>26} {'wall s':>8}")
+    print(f"\n{'pair':>4} {'trainer':<12} {'nproc':>5} {'img/s (median over epochs)':>26} {'wall s':>8}")
     for r in rows:
         print(f"{r['pair']:>4} {r['trainer']:<12} {r['nproc']:>5} {r['img_per_s_median']:>26} {r['wall_s']:>8}")
     print("ratio yolo-ddp / ultralytics per pair: " + ", ".join(f"{x:.2f}" for x in ratios))

@@ -83,19 +83,9 @@ def test_syncbn_ddp_matches_one_process_on_union_batch(tmp_path):
         assert rel <= 1e-4, f"rank {rank}: relative gradient error {rel:.2e}"
 
 
-class _Loader(list):
-    """A list of batches with the sampler hook the loop calls each epoch."""
-
-    class _Sampler:
-        def set_epoch(self, epoch: int) -> None:
-            pass
-
-    sampler = _Sampler()
-
-
-def _batches(rank: int, world: int, per_rank: int, n_micro: int) -> _Loader:
+def _batches(rank: int, world: int, per_rank: int, n_micro: int) -> list[dict]:
     x = images(per_rank * world * n_micro)
-    out = _Loader()
+    out = []
     for m in range(n_micro):
         start = (m * world + rank) * per_rank  # micro-batch m of the union, this rank's slice
         img = (x[start:start + per_rank] * 255).to(torch.uint8)
@@ -131,7 +121,7 @@ def _accum_worker(rank: int, world: int, port: int, out: str, accumulate: int, s
                        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
                        scaler=torch.amp.GradScaler("cpu", enabled=False))
     ctx = StepContext(plan, train_cfg, torch.device("cpu"), None, warmup_steps=0, log_every_steps=1)
-    train_one_epoch(state, _batches(rank, world, per_rank, accumulate * steps), ctx, NullWriter())
+    train_one_epoch(state, iter(_batches(rank, world, per_rank, accumulate * steps)), ctx, NullWriter())
     model.train()
     after = torch.cat([p.detach().flatten() for p in trainable])
     torch.save({"calls": calls["n"], "step": state.step, "delta": before - after}, Path(out) / f"acc{rank}.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from yolo_ddp.data.dataset import DatasetIndex, build_index
-from yolo_ddp.data.torch_loader import ShardSampler, YoloDataset, build_loader, collate
+from yolo_ddp.data.torch_loader import EpochStreamSampler, ShardSampler, YoloDataset, build_loader, collate
 
 IMGSZ = 64
 
@@ -85,10 +86,9 @@ def test_train_epoch(tmp_path: Path, workers: int) -> None:
     loader = build_loader(
         idx, IMGSZ, batch_per_rank=2, workers=workers, train=True, seed=3, augment={"fliplr": 0.5}
     )
-    assert len(loader) == 3  # 7 images, drop_last
-    for epoch in range(2):
-        loader.sampler.set_epoch(epoch)
-        batches = list(loader)
+    stream = iter(loader)  # endless: 3 full batches per epoch (7 images, remainder dropped)
+    for _epoch in range(2):
+        batches = list(itertools.islice(stream, 3))
         assert len(batches) == 3 and all(b["img"].shape == (2, 3, IMGSZ, IMGSZ) for b in batches)
         for b in batches:
             assert ((b["bboxes"] >= 0) & (b["bboxes"] <= 1)).all()
@@ -113,3 +113,17 @@ def test_build_loader_rejects_bad_settings(tmp_path: Path) -> None:
         build_loader(idx, IMGSZ, 2, 0, train=True, augment={"mosaic": 1.0})
     with pytest.raises(ValueError, match="fewer than one batch"):
         build_loader(idx, IMGSZ, 8, 0, train=True)
+
+
+def test_stream_epochs_are_whole_shuffles_and_resume_where_they_left_off() -> None:
+    stream = EpochStreamSampler(10, batch_per_rank=2, batches_per_epoch=2, rank=0, world_size=2, seed=5)
+    it = iter(stream)
+    epoch0, epoch1 = [next(it) for _ in range(4)], [next(it) for _ in range(4)]
+    inner = torch.utils.data.DistributedSampler(range(10), num_replicas=2, rank=0, shuffle=True, seed=5,
+                                                drop_last=True)
+    inner.set_epoch(1)
+    assert epoch1 == list(inner)[:4] and epoch0 != epoch1
+    resumed = iter(EpochStreamSampler(10, 2, 2, 0, 2, seed=5, start_epoch=1))
+    assert [next(resumed) for _ in range(4)] == epoch1
+    with pytest.raises(ValueError, match="images per rank"):
+        EpochStreamSampler(10, batch_per_rank=4, batches_per_epoch=2, rank=0, world_size=2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,15 +90,15 @@ def optimizer_step(s: TrainState, ctx: StepContext) -> None:
         s.ema.update(s.raw)
 
 
-def train_one_epoch(s: TrainState, loader, ctx: StepContext, writer: NullWriter) -> dict[str, float]:
+def train_one_epoch(s: TrainState, batches: Iterator[dict], ctx: StepContext, writer: NullWriter) -> dict[str, float]:
+    """One epoch from `batches`, a run-long stream (the loader prefetches across epoch boundaries)."""
     plan, device = ctx.plan, ctx.device
     s.model.train()
-    loader.sampler.set_epoch(s.epoch)
     micro_steps = plan.steps_per_epoch * plan.accumulate  # the same on every rank: no one waits at the end
     autocast = torch.autocast(device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else nullcontext()
     loss_sum = torch.zeros(len(LOSS_NAMES), device=device)
     images, t0 = 0, time.perf_counter()
-    bar = writer.progress(itertools.islice(loader, micro_steps), total=micro_steps,
+    bar = writer.progress(itertools.islice(batches, micro_steps), total=micro_steps,
                           desc=f"epoch {s.epoch + 1}/{plan.epochs}")
     for i, batch in enumerate(bar):
         final_micro_step = (i + 1) % plan.accumulate == 0

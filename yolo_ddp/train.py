@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from copy import deepcopy
 from dataclasses import asdict
 from pathlib import Path
@@ -87,8 +88,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
 
     aug = {"hsv_h": cfg.data.hsv_h, "hsv_s": cfg.data.hsv_s, "hsv_v": cfg.data.hsv_v, "fliplr": cfg.data.fliplr}
     pin = device.type == "cuda"
-    train_loader = build_loader(train_index, cfg.data.imgsz, plan.batch_per_rank, cfg.data.workers, train=True,
-                                seed=cfg.train.seed, augment=aug, pin_memory=pin)
+    train_batches = iter(build_loader(train_index, cfg.data.imgsz, plan.batch_per_rank, cfg.data.workers, train=True,
+                                      seed=cfg.train.seed, augment=aug, pin_memory=pin, start_epoch=state.epoch,
+                                      batches_per_epoch=plan.steps_per_epoch * plan.accumulate))
     val_loader = build_loader(val_index, cfg.data.imgsz, plan.batch_per_rank * 2, cfg.data.workers, train=False,
                               pin_memory=pin)
     scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
@@ -98,8 +100,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
 
     result: EvalResult | None = None
     last_row: dict[str, Any] = {}
+    start = time.perf_counter()
     while state.epoch < plan.epochs:
-        stats = train_one_epoch(state, train_loader, ctx, writer)
+        stats = train_one_epoch(state, train_batches, ctx, writer)
+        train_end_s = time.perf_counter() - start  # run clock at the end of this epoch's training part
         state.epoch += 1
         epoch_result = None
         if state.epoch % cfg.train.val_every == 0 or state.epoch == plan.epochs:
@@ -114,7 +118,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
         last_row = {"epoch": state.epoch, "step": state.step, **{k: stats[k] for k in LOSS_NAMES},
                     "mAP50": epoch_result.map50 if epoch_result else "",
                     "mAP50-95": epoch_result.map50_95 if epoch_result else "",
-                    "img_per_s": stats["img_per_s"], "epoch_time_s": stats["epoch_time_s"], "lr": stats["lr"]}
+                    "img_per_s": stats["img_per_s"], "epoch_time_s": stats["epoch_time_s"], "lr": stats["lr"],
+                    "train_end_s": train_end_s}
         writer.epoch_row(last_row)
         writer.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last_row.items()))
     dist.barrier()

@@ -7,6 +7,7 @@ what `v8DetectionLoss` and the Ultralytics metrics expect; only the index (node-
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,36 @@ class ShardSampler(Sampler[int]):
         """No-op, so a trainer can call set_epoch on train and val samplers alike."""
 
 
+class EpochStreamSampler(Sampler[int]):
+    """Epoch after epoch of DistributedSampler shuffles, as one endless stream of indices.
+
+    One DataLoader iterator then lives for the whole run, so its workers prefetch the next epoch's
+    first batches while the current one finishes; a fresh iterator per epoch starts from an empty
+    pipeline, which costs a small data set a large share of every epoch. Each epoch contributes
+    exactly `batches_per_epoch * batch_per_rank` indices, so batches never straddle two epochs and
+    every rank sees the same number of batches.
+    """
+
+    def __init__(self, n: int, batch_per_rank: int, batches_per_epoch: int, rank: int, world_size: int,
+                 seed: int = 0, start_epoch: int = 0) -> None:
+        self.inner = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                        drop_last=True)
+        self.per_epoch = batches_per_epoch * batch_per_rank
+        if not 0 < self.per_epoch <= len(self.inner):
+            raise ValueError(
+                f"{batches_per_epoch} batches of {batch_per_rank} per epoch need {self.per_epoch} images per rank; "
+                f"this rank's shard has {len(self.inner)}. Lower the batch size or add images."
+            )
+        self.start_epoch = start_epoch
+
+    def __iter__(self):
+        epoch = self.start_epoch
+        while True:
+            self.inner.set_epoch(epoch)
+            yield from itertools.islice(iter(self.inner), self.per_epoch)
+            epoch += 1
+
+
 def _hyp(augment: dict[str, Any] | None) -> dict[str, float]:
     unknown = set(augment or {}) - set(AUGMENT_DEFAULTS)
     if unknown:
@@ -130,8 +161,11 @@ def build_loader(
     seed: int = 0,
     augment: dict[str, Any] | None = None,
     pin_memory: bool = False,
+    batches_per_epoch: int | None = None,
+    start_epoch: int = 0,
 ) -> DataLoader:
-    """Train: shuffled DDP shards with equal, full batches per rank. Val: every image once, never augmented.
+    """Train: an endless stream of shuffled DDP shards, `batches_per_epoch` full batches per epoch (default:
+    every full batch of the shard), starting at `start_epoch` (resume). Val: every image once, never augmented.
 
     `augment` overrides `AUGMENT_DEFAULTS` for training (None: defaults; zeros disable). Worker RNGs (which the
     Ultralytics transforms draw from: `random` and `np.random`) are seeded by torch from a generator keyed on
@@ -142,9 +176,14 @@ def build_loader(
     dataset = YoloDataset(index, imgsz, augment=train, **_hyp(augment))
     sampler: Sampler[int]
     if train:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
-        )
+        per_rank = len(dataset) // world
+        if per_rank < batch_per_rank:
+            raise ValueError(
+                f"The train split has {len(index)} images, fewer than one batch per rank ({batch_per_rank} x "
+                f"{world} ranks) after dropping the remainder. Lower the batch size or add images."
+            )
+        sampler = EpochStreamSampler(len(dataset), batch_per_rank, batches_per_epoch or per_rank // batch_per_rank,
+                                     rank, world, seed, start_epoch)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
     generator = torch.Generator()
@@ -160,9 +199,4 @@ def build_loader(
         persistent_workers=workers > 0,
         generator=generator,
     )
-    if train and len(loader) == 0:
-        raise ValueError(
-            f"The train split has {len(index)} images, fewer than one batch per rank ({batch_per_rank} x {world} "
-            "ranks) after dropping the remainder. Lower the batch size or add images."
-        )
     return loader
