@@ -24,8 +24,8 @@ from launcher.run_id import register_resolvers, run_id
 from launcher.store import register_configs
 from yolo_ddp.checkpoint import load_train_state
 from yolo_ddp.config import Config
-from yolo_ddp.data.dataset import load_data_spec
 from yolo_ddp.data.source import resolve_data_yaml
+from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.dist import get_rank, under_elastic_agent
 from yolo_ddp.plan import split_global_batch
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each case starts the launcher in a subprocess
 
 
 def launch(*overrides: str, tmp: Path) -> subprocess.CompletedProcess:

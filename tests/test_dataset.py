@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from yolo_ddp.data import dataset as dataset_mod
-from yolo_ddp.data.dataset import DataError, build_index, load_data_spec
+from yolo_ddp.data.dataset import build_index
+from yolo_ddp.data.spec import DataError, load_data_spec
 
 
 def write_image(path: Path, h: int = 40, w: int = 60) -> Path:

@@ -19,8 +19,9 @@ from ultralytics.utils.torch_utils import ModelEMA
 
 from yolo_ddp import checkpoint, dist
 from yolo_ddp.config import Config
-from yolo_ddp.data.dataset import build_index, load_data_spec
+from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.source import resolve_data_yaml
+from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.data.torch_loader import build_loader
 from yolo_ddp.evaluate import EvalResult, evaluate, make_scorer
 from yolo_ddp.log import make_writer, setup_rank_logging

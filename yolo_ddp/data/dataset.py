@@ -1,4 +1,4 @@
-"""Read an Ultralytics data.yaml and index its images + labels once per node.
+"""Index a data set's images + labels once per node.
 
 Ultralytics' `cache=ram` copies every image into each rank; its label cache is a pickled list of dicts that each
 rank loads into its own heap. Here local rank 0 verifies images and parses labels once, writes flat numpy arrays,
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 from ultralytics.data.utils import IMG_FORMATS, exif_size, img2label_paths
 from ultralytics.utils import patches
 
+from yolo_ddp.data.spec import DataError, abspath_keep_links
 from yolo_ddp.dist import get_rank, local_rank_zero_first
 
 LOGGER = logging.getLogger(__name__)
@@ -34,138 +34,6 @@ _ARRAYS = ("shapes", "labels", "offsets")
 # Importing ultralytics patches PIL's Image.open to pip-install pi-heif on the first unidentifiable file; a corrupt
 # image must not trigger package installs from the indexing threads, so verify with Pillow's own opener.
 _pil_open = getattr(patches, "_image_open", Image.open)
-
-
-class DataError(ValueError):
-    """Bad user data: the message is one paragraph naming the file (and line or key) and the fix."""
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    yaml_path: Path
-    root: Path
-    train: list[Path]  # image files or directories or .txt lists, resolved to absolute paths
-    val: list[Path]
-    names: dict[int, str]
-
-    @property
-    def nc(self) -> int:
-        return len(self.names)
-
-
-def _abspath(p: str | Path, base: Path) -> Path:
-    """Absolute without resolving symlinks: `img2label_paths` needs the user's `/images/` component intact."""
-    q = Path(p).expanduser()
-    return Path(os.path.abspath(q if q.is_absolute() else base / q))
-
-
-def load_data_spec(path: str | Path) -> DataSpec:
-    """Parse a data.yaml (or a YOLO root holding one) into absolute split sources and contiguous class names."""
-    p = _abspath(path, Path.cwd())
-    if p.is_dir():
-        for name in ("data.yaml", "data.yml"):
-            if (p / name).is_file():
-                return load_data_spec(p / name)
-        if (p / "images" / "train").is_dir() and (p / "images" / "val").is_dir():
-            raise DataError(
-                f"{p} looks like a YOLO-format root (images/train, images/val) but holds no data.yaml, so the class "
-                f"names are unknown. Write {p / 'data.yaml'} with 'train: images/train', 'val: images/val' and "
-                "'names: [...]' listing one name per class id."
-            )
-        raise DataError(
-            f"{p} is a directory without a data.yaml and without images/train and images/val. Point the data path "
-            "at an Ultralytics data.yaml, or at a root holding images/train, images/val and a data.yaml with names."
-        )
-    if not p.is_file():
-        raise DataError(
-            f"Dataset config {p} does not exist. Point the data path at an existing Ultralytics data.yaml."
-        )
-    try:
-        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise DataError(
-            f"{p} is not valid YAML ({' '.join(str(e).split())}). Fix the syntax at that position."
-        ) from e
-    if not isinstance(cfg, dict):
-        raise DataError(
-            f"{p} must be a YAML mapping with keys 'path', 'train', 'val' and 'names', but it holds a "
-            f"{type(cfg).__name__}. Rewrite it as 'key: value' lines."
-        )
-    names = _parse_names(cfg, p)
-    root = _parse_root(cfg, p)
-    return DataSpec(p, root, _parse_split(cfg, "train", root, p), _parse_split(cfg, "val", root, p), names)
-
-
-def _parse_names(cfg: dict[str, Any], p: Path) -> dict[int, str]:
-    raw = cfg.get("names")
-    if not raw:
-        raise DataError(
-            f"{p} has no 'names' key (or it is empty). Add 'names:' with one class name per id, e.g. "
-            "'names: [scratch, short]' or 'names: {0: scratch, 1: short}'."
-        )
-    if isinstance(raw, list):
-        names = {i: str(n) for i, n in enumerate(raw)}
-    elif isinstance(raw, dict):
-        try:
-            names = {int(k): str(v) for k, v in raw.items()}
-        except (TypeError, ValueError) as e:
-            raise DataError(
-                f"{p}: 'names' keys must be integer class ids, got {list(raw)}. Use '0: name'."
-            ) from e
-        if sorted(names) != list(range(len(names))):
-            raise DataError(
-                f"{p}: 'names' keys must be the class ids 0..{len(names) - 1} without gaps, got {sorted(names)}. "
-                "Renumber the classes (and the label files) contiguously from 0."
-            )
-        names = dict(sorted(names.items()))
-    else:
-        raise DataError(f"{p}: 'names' must be a list or a mapping {{id: name}}, got {type(raw).__name__}.")
-    if "nc" in cfg and cfg["nc"] != len(names):
-        raise DataError(
-            f"{p}: 'nc' is {cfg['nc']!r} but 'names' lists {len(names)} classes. Remove 'nc' (names implies it) "
-            "or make 'names' list exactly nc classes."
-        )
-    return names
-
-
-def _parse_root(cfg: dict[str, Any], p: Path) -> Path:
-    raw = cfg.get("path")
-    if raw in (None, ""):
-        return p.parent
-    if not isinstance(raw, str):
-        raise DataError(
-            f"{p}: 'path' must be a string folder, got {type(raw).__name__}. Fix or remove 'path'."
-        )
-    root = _abspath(raw, p.parent)
-    if not root.is_dir():
-        raise DataError(
-            f"{p}: 'path' resolves to {root}, which is not a directory. Fix 'path' (relative paths resolve "
-            f"against the yaml's folder {p.parent}) or remove it to use that folder."
-        )
-    return root
-
-
-def _parse_split(cfg: dict[str, Any], key: str, root: Path, p: Path) -> list[Path]:
-    raw = cfg.get(key)
-    if raw in (None, "", []):
-        raise DataError(
-            f"{p} has no '{key}' key. Add '{key}:' naming an image folder, a .txt list of images, or a list of "
-            f"those, relative to {root}."
-        )
-    out = []
-    for item in raw if isinstance(raw, list) else [raw]:
-        if not isinstance(item, str):
-            raise DataError(
-                f"{p}: '{key}' entries must be path strings, got {item!r}. Quote or fix that entry."
-            )
-        src = _abspath(item, root)
-        if not src.exists():
-            raise DataError(
-                f"{p}: '{key}' entry {item!r} resolves to {src}, which does not exist. Fix '{key}' (relative "
-                f"entries resolve against {root}, set by 'path') or create that folder/list."
-            )
-        out.append(src)
-    return out
 
 
 @dataclass
@@ -212,7 +80,7 @@ def _list_images(sources: list[Path]) -> list[str]:
         elif src.is_file() and src.suffix.lower() == ".txt":
             # Relative lines resolve against the list's folder (Ultralytics writes './images/...' lists at the root).
             lines = (s.strip() for s in src.read_text(encoding="utf-8-sig").splitlines())
-            files += [str(_abspath(s, src.parent)) for s in lines if s and _is_image(s)]
+            files += [str(abspath_keep_links(s, src.parent)) for s in lines if s and _is_image(s)]
         elif src.is_file() and _is_image(src.name):
             files.append(str(src))
         else:
