@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # each case starts the launcher in a subprocess
 
 
 def launch(*overrides: str, tmp: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp / "out")}
+    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp / "out"), "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, "-m", "launcher", "+experiment=pcb_defects", *overrides],
                           capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
 

@@ -21,7 +21,9 @@ TINY = [
 
 
 def run(args: list[str], tmp: Path, timeout: int = 400, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp / "out"), "YOLO_OFFLINE": "1", **(extra_env or {})}
+    # CPU + gloo by design, also on a GPU machine (two ranks cannot share one GPU under NCCL).
+    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp / "out"), "CUDA_VISIBLE_DEVICES": "", "YOLO_OFFLINE": "1",
+           **(extra_env or {})}
     given = {a.split("=", 1)[0] for a in args if "=" in a}
     tiny = [o for o in TINY if o.split("=", 1)[0] not in given]  # the test's own values win (sweeps)
     proc = subprocess.run([*args, *tiny, f"data.cache_dir={tmp / 'cache'}"], capture_output=True, text=True,

@@ -43,8 +43,15 @@ def under_elastic_agent() -> bool:
 
 def pick_device(local_rank: int) -> torch.device:
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device())
+        count = torch.cuda.device_count()
+        if local_rank >= count:  # NCCL cannot run two ranks on one GPU
+            raise ValueError(
+                f"Local rank {local_rank} has no GPU of its own: {count} visible on this node. Start at most {count} "
+                f"processes per node (torchrun --nproc_per_node={count}, or launcher.nproc_per_node=auto), or set "
+                f"CUDA_VISIBLE_DEVICES='' to train on CPU with gloo."
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 

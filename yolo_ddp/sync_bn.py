@@ -46,32 +46,24 @@ class CollectiveBatchNorm2d(nn.BatchNorm2d):
         return y
 
 
-def _convert_cpu(module: nn.Module) -> nn.Module:
+def _swap_batchnorm(module: nn.Module, match: tuple[type, ...], new_type: type[nn.Module]) -> nn.Module:
+    """Replace every `match` layer by a `new_type` layer with the same settings, weights and statistics."""
     out = module
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CollectiveBatchNorm2d):
-        out = CollectiveBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                                    module.track_running_stats)
+    if isinstance(module, match):
+        out = new_type(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         out.load_state_dict(module.state_dict())
         out.train(module.training)
     for name, child in module.named_children():
-        out.add_module(name, _convert_cpu(child))
+        out.add_module(name, _swap_batchnorm(child, match, new_type))
     return out
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return _convert_cpu(model)
+    return _swap_batchnorm(model, (nn.BatchNorm2d,), CollectiveBatchNorm2d)
 
 
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Plain BatchNorm2d again, for saving weights that load anywhere (Ultralytics, single GPU, CPU)."""
-    out = module
-    if isinstance(module, (nn.SyncBatchNorm, CollectiveBatchNorm2d)):
-        out = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                             module.track_running_stats)
-        out.load_state_dict(module.state_dict())
-        out.train(module.training)
-    for name, child in module.named_children():
-        out.add_module(name, revert_sync_batchnorm(child))
-    return out
+    return _swap_batchnorm(module, (nn.SyncBatchNorm, CollectiveBatchNorm2d), nn.BatchNorm2d)
