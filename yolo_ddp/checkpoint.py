@@ -78,10 +78,10 @@ def load_train_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the run dir, or start without train.resume.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
+    except (RuntimeError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
         raise CheckpointError(
             f"Checkpoint {path} cannot be read as a yolo-ddp training state ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}). It is truncated, corrupt, or not a yolo-ddp last.pt (Ultralytics "
+            f"{(str(e).splitlines() or ['empty file'])[0][:200]}). It is truncated, corrupt, or not a yolo-ddp last.pt (Ultralytics "
             f".pt weights go in model.weights instead). Move it aside and resume from an intact copy, or train "
             f"without train.resume."
         ) from None
