@@ -96,6 +96,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
                               pin_memory=pin)
     scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
     ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], warmup_steps, cfg.logger.log_every_steps)
+    # Validate in fp16 when training uses AMP, as Ultralytics does: bf16's 8-bit mantissa would move
+    # box corners by pixels at 640 px and bias mAP50-95.
+    eval_dtype = torch.float16 if amp != "off" and device.type == "cuda" else None
     train_args = {"task": "detect", "model": cfg.model.cfg, "data": str(spec.yaml_path), "imgsz": cfg.data.imgsz,
                   "epochs": cfg.train.epochs, "batch": cfg.train.batch, "nbs": cfg.train.nbs}
 
@@ -108,7 +111,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
         state.epoch += 1
         epoch_result = None
         if state.epoch % cfg.train.val_every == 0 or state.epoch == plan.epochs:
-            epoch_result = evaluate(state.ema.ema if state.ema else raw, val_loader, scorer, device, AMP_DTYPES[amp])
+            epoch_result = evaluate(state.ema.ema if state.ema else raw, val_loader, scorer, device, eval_dtype)
             result = epoch_result or result
         fitness = dist.broadcast_object(epoch_result.fitness if epoch_result else None)
         is_best = fitness is not None and fitness > state.best_fitness
