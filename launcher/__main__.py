@@ -22,7 +22,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from launcher.errors import exit_on_user_error
 from launcher.run_id import register_resolvers, run_id
 from launcher.store import register_configs
-from yolo_ddp.checkpoint import load_train_state
+from yolo_ddp.checkpoint import load_train_state, refuse_fresh_run_over
 from yolo_ddp.config import Config
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
@@ -59,6 +59,7 @@ def spawn_job(cfg: DictConfig) -> dict:
 
     typed = to_config(cfg)  # fail here, in one process, before any worker starts
     run_dir = Path(typed.run_dir)
+    refuse_fresh_run_over(run_dir, typed.train.resume)  # before this process writes anything there
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True,
                         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "launcher.log")])

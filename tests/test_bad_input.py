@@ -72,3 +72,16 @@ def test_missing_local_weights(tmp_path):
                   f"data.cache_dir={tmp_path / 'cache'}", tmp=tmp_path)
     assert proc.returncode != 0
     assert "model.weights" in proc.stderr and "Nothing is downloaded" in proc.stderr
+
+
+def test_fresh_run_in_an_occupied_run_dir_changes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    files = {"last.pt": b"state", "resolved_config.yaml": b"old config", "metrics.csv": b"epoch\n1\n"}
+    for name, data in files.items():
+        (run_dir / name).write_bytes(data)
+    proc = launch(f"hydra.run.dir={run_dir}", tmp=tmp_path)
+    assert_clean_error(proc, "already holds a run", "train.resume=true")
+    for name, data in files.items():
+        assert (run_dir / name).read_bytes() == data
+    assert not (run_dir / "launcher.log").exists()

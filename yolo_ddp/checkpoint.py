@@ -72,6 +72,17 @@ def save_train_state(path: Path, state: dict[str, Any]) -> None:
     atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, **state, "rng": rng_state()}, path)
 
 
+def refuse_fresh_run_over(run_dir: Path, resume: bool) -> None:
+    """A fresh run never trains over (and later overwrites) another run's files. An elastic restart
+    (TORCHELASTIC_RESTART_COUNT > 0) is the same run continuing, not a fresh one."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+    if (run_dir / "last.pt").exists() and not resume and not restarted:
+        raise CheckpointError(
+            f"Run dir {run_dir} already holds a run ({run_dir / 'last.pt'}). Pass train.resume=true to continue "
+            f"it, or start a new run in another dir (drop hydra.run.dir=...); nothing was changed."
+        )
+
+
 def load_train_state(path: Path) -> dict[str, Any]:
     """Load `last.pt` safely; a truncated or foreign file gets a clear error instead of a pickle traceback."""
     if not path.is_file():

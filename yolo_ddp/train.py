@@ -53,7 +53,7 @@ def _set_threads(cfg: Config, device: torch.device) -> None:
 
 def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
-    _refuse_to_overwrite(cfg, run_dir)
+    checkpoint.refuse_fresh_run_over(run_dir, cfg.train.resume)
     writer = make_writer(rank, run_dir)
     _set_threads(cfg, device)
     torch.manual_seed(cfg.train.seed)  # identical init everywhere; DDP also broadcasts rank 0's weights
@@ -131,16 +131,6 @@ def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
         writer.info(f"done: {state.epoch} epochs, {state.step} optimizer steps; final mAP50={result.map50:.4f} "
                     f"mAP50-95={result.map50_95:.4f}; best.pt and last.pt in {run_dir}")
     return {**last_row, "world_size": world, "plan": plan.as_dict()}
-
-
-def _refuse_to_overwrite(cfg: Config, run_dir: Path) -> None:
-    """A fresh run never trains over (and later overwrites) another run's checkpoints."""
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
-    if (run_dir / "last.pt").exists() and not cfg.train.resume and not restarted:
-        raise checkpoint.CheckpointError(
-            f"Run dir {run_dir} already holds a run ({run_dir / 'last.pt'}). Pass train.resume=true to continue "
-            f"it, or start a new run in another dir (drop hydra.run.dir=...); nothing was changed."
-        )
 
 
 def _maybe_resume(cfg: Config, run_dir: Path, state: TrainState) -> None:
