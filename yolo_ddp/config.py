@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 OPTIMIZERS = ("auto", "SGD", "AdamW")
-DATA_BACKENDS = ("auto", "torch")
+DATA_BACKENDS = ("auto", "dali", "torch")
 SYNTHETIC_DATA = "pcb_defects"  # the only data set that needs no files
 
 
@@ -35,6 +35,20 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class DaliConfig:
+    """DALI pipeline knobs (data.backend=dali, or auto on a GPU)."""
+
+    threads: int = 0  # DALI CPU threads per rank; 0 = auto (4 on a GPU, cores / local ranks on CPU)
+    prefetch: int = 2  # batches prepared ahead of the training step
+    py_workers: int = 0  # processes reading image files; 0 = inside the pipeline (enough for local disks)
+
+    def __post_init__(self) -> None:
+        _check(self.threads >= 0, "data.dali.threads", "must be >= 0 (0 = auto).")
+        _check(self.prefetch >= 1, "data.dali.prefetch", "must be >= 1.")
+        _check(self.py_workers >= 0, "data.dali.py_workers", "must be >= 0.")
+
+
+@dataclass
 class DataConfig:
     name: str = "pcb_defects"
     # An Ultralytics data.yaml (or a YOLO-format root). Empty: the built-in synthetic PCB set.
@@ -47,6 +61,10 @@ class DataConfig:
     hsv_s: float = 0.7
     hsv_v: float = 0.4
     fliplr: float = 0.5
+    mosaic: float = 1.0  # 4-image mosaic probability (DALI backend; the torch backend has none)
+    scale: float = 0.5  # mosaic tiles are resized by a random factor in [1 - scale, 1 + scale]
+    close_mosaic: int = 10  # no mosaic in the last N epochs, as Ultralytics
+    dali: DaliConfig = field(default_factory=DaliConfig)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
     def __post_init__(self) -> None:
@@ -57,7 +75,9 @@ class DataConfig:
         _check(bool(self.path) or self.name == SYNTHETIC_DATA, "data.path",
                f"data '{self.name}' has no data set on disk: pass data.path=path/to/data.yaml (an Ultralytics "
                f"data.yaml), or use data=pcb_defects for the built-in synthetic set.")
-        for key in ("hsv_h", "hsv_s", "hsv_v", "fliplr"):
+        _check(self.close_mosaic >= 0, "data.close_mosaic", "must be >= 0 epochs.")
+        _check(0.0 <= self.scale < 1.0, "data.scale", "must be in [0, 1).")
+        for key in ("hsv_h", "hsv_s", "hsv_v", "fliplr", "mosaic"):
             _check(0.0 <= getattr(self, key) <= 1.0, f"data.{key}", "must be in [0, 1].")
 
 
@@ -148,6 +168,33 @@ class DistConfig:
         _check(self.timeout_s > 0, "dist.timeout_s", "must be > 0.")
 
 
+SYNC_STRATEGIES = ("auto", "allreduce", "bf16_compress", "fp16_compress", "powersgd")
+
+
+@dataclass
+class SyncConfig:
+    """Gradient sync between ranks; `auto` picks from the topology probe and the cost model (yolo_ddp.sync)."""
+
+    strategy: str = "auto"
+    bucket_cap_mb: float = 0.0  # DDP bucket size; 0 = chosen from the topology
+    network_gbps: float = 25.0  # link between nodes, Gb/s (25 GbE); the cost model's input for multi-node jobs
+    mfu: float = 0.3  # fraction of the GPU's peak FLOPs a YOLO step reaches, for the predicted step time
+    min_gain: float = 0.05  # a strategy must save this fraction of the predicted step to replace all-reduce
+    powersgd_rank: int = 2
+    powersgd_start_iter: int = 100  # plain all-reduce before this step (error feedback needs a warm start)
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in SYNC_STRATEGIES, "sync.strategy",
+               f"got '{self.strategy}'; choose one of {SYNC_STRATEGIES}.")
+        _check(self.bucket_cap_mb >= 0, "sync.bucket_cap_mb", "must be >= 0 (0 = chosen from the topology).")
+        _check(self.network_gbps > 0, "sync.network_gbps", "must be > 0 (Gb/s between nodes, e.g. 25 or 100).")
+        _check(0 < self.mfu <= 1, "sync.mfu", "must be in (0, 1].")
+        _check(0 <= self.min_gain < 1, "sync.min_gain", "must be in [0, 1).")
+        _check(self.powersgd_rank >= 1, "sync.powersgd_rank", "must be >= 1.")
+        _check(self.powersgd_start_iter >= 2, "sync.powersgd_start_iter",
+               "must be >= 2: PowerSGD's error feedback needs at least one plain all-reduce first.")
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -156,5 +203,6 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     name: str = "run"
     run_dir: str = "."  # set by the launcher to the job's Hydra output dir

@@ -20,9 +20,9 @@ from ultralytics.utils.torch_utils import ModelEMA
 from yolo_ddp import checkpoint, dist
 from yolo_ddp.config import Config
 from yolo_ddp.data.dataset import build_index
+from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
-from yolo_ddp.data.torch_loader import build_loader
 from yolo_ddp.evaluate import EvalResult, evaluate, make_scorer
 from yolo_ddp.log import make_writer, setup_rank_logging
 from yolo_ddp.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
@@ -87,13 +87,12 @@ def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
     writer.info(f"optimizer {choice.name} lr0={choice.lr0} momentum={choice.momentum}, warmup {warmup_steps} steps")
     _maybe_resume(cfg, run_dir, state)
 
-    aug = {"hsv_h": cfg.data.hsv_h, "hsv_s": cfg.data.hsv_s, "hsv_v": cfg.data.hsv_v, "fliplr": cfg.data.fliplr}
-    pin = device.type == "cuda"
-    train_batches = iter(build_loader(train_index, cfg.data.imgsz, plan.batch_per_rank, cfg.data.workers, train=True,
-                                      seed=cfg.train.seed, augment=aug, pin_memory=pin, start_epoch=state.epoch,
-                                      batches_per_epoch=plan.steps_per_epoch * plan.accumulate))
-    val_loader = build_loader(val_index, cfg.data.imgsz, plan.batch_per_rank * 2, cfg.data.workers, train=False,
-                              pin_memory=pin)
+    backend = resolve_backend(cfg.data, device)
+    writer.info(f"data backend: {backend}")
+    train_batches = iter(build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
+                                            plan.steps_per_epoch * plan.accumulate, plan.epochs, cfg.train.seed,
+                                            device, rank, world, start_epoch=state.epoch))
+    val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
     scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
     ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], warmup_steps, cfg.logger.log_every_steps)
     # Validate in fp16 when training uses AMP, as Ultralytics does: bf16's 8-bit mantissa would move

@@ -1,0 +1,140 @@
+"""The DALI backend on CPU: same letterbox as the torch backend, boxes stay on their objects, exact sharding."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from yolo_ddp.data.dali import DaliSettings, DaliTrainStream, DaliValLoader
+from yolo_ddp.data.dali_source import NO_AUGMENT, Augment, TrainSource
+from yolo_ddp.data.dataset import DatasetIndex, build_index
+from yolo_ddp.data.torch_loader import YoloDataset, collate
+
+CPU = DaliSettings(device_id=None, threads=2)
+RED = (0, 0, 255)  # BGR, as cv2 writes
+
+
+def make_index(tmp_path: Path, n: int = 12, fmt: str = "png") -> DatasetIndex:
+    """n images of varied aspect ratios on blue-grey, each with 1-3 filled red rectangles as its labels."""
+    rng = np.random.default_rng(0)
+    d, ld = tmp_path / "ds/images/train", tmp_path / "ds/labels/train"
+    d.mkdir(parents=True)
+    ld.mkdir(parents=True)
+    sizes = [(120, 160), (160, 120), (90, 200), (128, 128)]
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        im = np.full((h, w, 3), (160, 110, 90), np.uint8)
+        rows = []
+        for k in range(1 + i % 3):
+            bw, bh = (int(v) for v in rng.integers(14, 40, 2))
+            x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+            im[y0 : y0 + bh, x0 : x0 + bw] = RED
+            rows.append(f"{k} {(x0 + bw / 2) / w} {(y0 + bh / 2) / h} {bw / w} {bh / h}")
+        cv2.imwrite(str(d / f"{i:02d}.{fmt}"), im)
+        (ld / f"{i:02d}.txt").write_text("\n".join(rows))
+    return build_index([d], nc=3, cache_dir=tmp_path / "cache", split="train")
+
+
+def xyxy_px(batch: dict, i: int, s: int) -> np.ndarray:
+    b = batch["bboxes"][batch["batch_idx"] == i].numpy() * s
+    return np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1)
+
+
+def _inside(lo: float, hi: float) -> tuple[int, int]:
+    a, b = int(np.ceil(lo)), int(np.floor(hi))
+    return (a + 1, b - 1) if b - a > 4 else (a, max(b, a + 1))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_letterbox_matches_torch_backend(tmp_path: Path, fmt: str) -> None:
+    idx, s = make_index(tmp_path, 8, fmt), 96
+    dali_batches = list(DaliValLoader(idx, s, 4, 0, 1, CPU))
+    ref = YoloDataset(idx, s, augment=False)
+    assert sum(len(b["im_file"]) for b in dali_batches) == len(idx)
+    for b in dali_batches:
+        want = collate([ref[idx.im_files.index(f)] for f in b["im_file"]])
+        assert b["img"].shape == want["img"].shape and b["img"].dtype == torch.uint8
+        assert b["ratio_pad"] == want["ratio_pad"] and b["ori_shape"] == want["ori_shape"]
+        assert torch.equal(b["batch_idx"], want["batch_idx"]) and torch.equal(b["cls"], want["cls"])
+        assert (b["bboxes"] - want["bboxes"]).abs().max() * s <= 1.0  # boxes within 1 px
+        diff = (b["img"].float() - want["img"].float()).abs()
+        # Same bilinear resize and grey padding; PNG is lossless, JPEG decoders (libjpeg-turbo in both)
+        # may differ in the last bit of the IDCT here and there.
+        assert diff.mean() < 0.05, diff.mean()  # measured: 0.0009 (png), 0.009 (jpg)
+
+
+def test_mosaic_and_flip_keep_boxes_on_their_objects(tmp_path: Path) -> None:
+    idx, s = make_index(tmp_path, 12), 128
+    aug = Augment(hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5, mosaic=1.0, scale=0.5)
+    stream = iter(DaliTrainStream(idx, s, 4, 3, 0, 1, seed=1, augment=aug, settings=CPU, mosaic_until=99))
+    checked = 0
+    for batch in itertools.islice(stream, 6):
+        for i in range(len(batch["img"])):
+            img = batch["img"][i].permute(1, 2, 0).numpy().astype(int)  # RGB
+            red = (img[..., 0] > 180) & (img[..., 1] < 80) & (img[..., 2] < 80)
+            for x0, y0, x1, y1 in xyxy_px(batch, i, s):
+                assert -0.01 <= x0 < x1 <= s + 0.01 and -0.01 <= y0 < y1 <= s + 0.01
+                # Whole pixels inside the box, minus a 1 px rim (resampling blends edges) where it is wide enough.
+                (ya, yb), (xa, xb) = (_inside(y0, y1), _inside(x0, x1))
+                inner = red[ya:yb, xa:xb]
+                assert inner.size and inner.mean() > 0.9, (batch["im_file"][i], inner.mean())
+                checked += 1
+    assert checked > 30
+
+
+def test_two_ranks_get_disjoint_shards_covering_the_data_set(tmp_path: Path) -> None:
+    idx = make_index(tmp_path, 12)
+    seen: dict[int, list[str]] = {}
+    for rank in (0, 1):
+        stream = iter(DaliTrainStream(idx, 64, 3, 2, rank, 2, seed=5, augment=NO_AUGMENT, settings=CPU,
+                                      mosaic_until=0))
+        seen[rank] = [f for b in itertools.islice(stream, 2) for f in b["im_file"]]  # one epoch
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(idx.im_files)
+
+
+def test_epochs_reshuffle_in_agreement_and_resume_continues_the_stream() -> None:
+    class Fake:  # only len() matters for the shard order
+        def __len__(self) -> int:
+            return 10
+
+    a = [TrainSource(Fake(), 64, 5, r, 2, 3, NO_AUGMENT, 1) for r in (0, 1)]  # type: ignore[arg-type]
+    for epoch in (0, 1):
+        assert sorted(np.concatenate([src.shard(epoch) for src in a]).tolist()) == list(range(10))
+    assert a[0].shard(0).tolist() != a[0].shard(1).tolist()
+    resumed = TrainSource(Fake(), 64, 5, 0, 2, 3, NO_AUGMENT, 1, start_epoch=1)  # type: ignore[arg-type]
+    assert resumed.epoch_of(0) == (1, 0) and resumed.shard(1).tolist() == a[0].shard(1).tolist()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_validation_sees_every_image_once(tmp_path: Path, world: int) -> None:
+    idx = make_index(tmp_path, 10)
+    files = [f for r in range(world) for b in DaliValLoader(idx, 64, 4, r, world, CPU) for f in b["im_file"]]
+    assert sorted(files) == sorted(idx.im_files)
+
+
+def test_validation_can_run_every_epoch(tmp_path: Path) -> None:
+    idx = make_index(tmp_path, 5)
+    loader = DaliValLoader(idx, 64, 2, 0, 1, CPU)
+    assert [len([f for b in loader for f in b["im_file"]]) for _ in range(3)] == [5, 5, 5]
+
+
+def test_all_background_batch(tmp_path: Path) -> None:
+    idx = make_index(tmp_path, 4)
+    for f in (tmp_path / "ds/labels/train").iterdir():
+        f.write_text("")
+    empty = build_index([tmp_path / "ds/images/train"], 3, tmp_path / "cache2", "train")
+    batch = next(iter(DaliValLoader(empty, 64, 4, 0, 1, CPU)))
+    assert batch["img"].shape == (4, 3, 64, 64) and batch["cls"].shape == (0, 1) and batch["bboxes"].shape == (0, 4)
+    assert len(idx) == 4
+
+
+def test_too_few_images_for_a_batch_is_a_clear_error(tmp_path: Path) -> None:
+    idx = make_index(tmp_path, 4)
+    with pytest.raises(ValueError, match="lower the batch size"):
+        DaliTrainStream(idx, 64, 4, 1, 0, 2, seed=0, augment=NO_AUGMENT, settings=CPU, mosaic_until=0)

@@ -1,0 +1,165 @@
+"""NVIDIA DALI data path: decode and augment on the GPU (`mixed` nvJPEG decode), or the same graph on CPU.
+
+The graph is fed by `dali_source` (bytes, augmentation parameters and exact boxes per sample) and yields the
+batch dict of the torch backend (`img` uint8 NCHW RGB on the pipeline's device, `batch_idx`, `cls`, normalized
+xywh `bboxes`, per-image metadata), so the trainer does not know which backend runs.
+
+Per sample: decode → resize (bilinear, no antialias, as cv2.INTER_LINEAR) → slice with grey padding (the
+letterbox; or four tiles concatenated around a centre, the mosaic) → horizontal flip → HSV → CHW.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from nvidia.dali import Pipeline, fn, types
+from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from yolo_ddp.data.dali_source import PAD_VALUE, Augment, TrainSource, ValSource, letterbox_geometry
+from yolo_ddp.data.dataset import DatasetIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DaliSettings:
+    device_id: int | None  # None: CPU-only pipeline (no CUDA needed)
+    threads: int = 0  # DALI worker threads per pipeline; 0 = auto per device
+    prefetch: int = 2  # batches prepared ahead
+    py_workers: int = 0  # processes reading files for the external source; 0 = in the pipeline's thread
+
+    @property
+    def gpu(self) -> bool:
+        return self.device_id is not None
+
+    def num_threads(self) -> int:
+        if self.threads:
+            return self.threads
+        if self.gpu:  # the GPU does the pixel work; threads only feed it
+            return 4
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        return max(1, (os.cpu_count() or 1) // local_world)
+
+
+def _image(encoded, size, start, shape, gpu: bool):
+    img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    img = fn.resize(img, size=size, antialias=False, interp_type=types.INTERP_LINEAR)
+    return fn.slice(img, start=start, shape=shape, axes=[0, 1], out_of_bounds_policy="pad", fill_values=PAD_VALUE)
+
+
+def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: Augment, train: bool) -> Pipeline:
+    n_out = 4 * tiles + (6 if train else 3)
+    pipe = Pipeline(batch_size=batch, num_threads=settings.num_threads(), device_id=settings.device_id,
+                    prefetch_queue_depth=settings.prefetch, py_num_workers=max(1, settings.py_workers),
+                    py_start_method="spawn", seed=0)
+    with pipe:
+        outs = fn.external_source(source=source, num_outputs=n_out, batch=False, parallel=settings.py_workers > 0)
+        parts = [_image(*outs[4 * t : 4 * t + 4], settings.gpu) for t in range(tiles)]
+        if tiles == 4:
+            img = fn.cat(fn.cat(parts[0], parts[1], axis=1), fn.cat(parts[2], parts[3], axis=1), axis=0)
+        else:
+            img = parts[0]
+        rest = outs[4 * tiles :]
+        labels = fn.pad(rest[0], fill_value=-1.0, axes=(0,))  # dense batch for the iterator; sentinels stripped
+        if train:
+            flip, hue, sat, val, index = rest[1:]
+            if augment.fliplr:
+                img = fn.flip(img, horizontal=flip)
+            if augment.hsv:
+                img = fn.hsv(img, hue=hue, saturation=sat, value=val)
+            extra = [index]
+        else:
+            extra = list(rest[1:])  # index, valid
+        pipe.set_outputs(fn.transpose(img, perm=[2, 0, 1]), labels, *extra)
+    return pipe
+
+
+def _iterator(pipe: Pipeline, train: bool) -> DALIGenericIterator:
+    keys = ["img", "labels", "index"] + ([] if train else ["valid"])
+    return DALIGenericIterator(pipe, keys, auto_reset=not train, last_batch_policy=LastBatchPolicy.PARTIAL,
+                               dynamic_shape=True, prepare_first_batch=False)
+
+
+def to_batch(out: dict[str, torch.Tensor], index: DatasetIndex, imgsz: int) -> dict[str, Any]:
+    """DALI outputs → the torch backend's batch dict; drops padded label rows and padded validation images."""
+    img, labels = out["img"], out["labels"]
+    if "valid" in out:  # padding sits at the end of the last batch only
+        n = int(out["valid"].sum())
+        img, labels, ids = img[:n], labels[:n], out["index"][:n]
+    else:
+        ids = out["index"]
+    ids = ids.view(-1).tolist()
+    mask = labels[..., 0] >= 0
+    rows = labels[mask]
+    metas = [letterbox_geometry(tuple(int(v) for v in index.shapes[i]), imgsz) for i in ids]
+    return {
+        "img": img,
+        "batch_idx": mask.nonzero()[:, 0].float(),
+        "cls": rows[:, :1].contiguous(),
+        "bboxes": rows[:, 1:].contiguous(),
+        "im_file": [index.im_files[i] for i in ids],
+        "ori_shape": [tuple(int(v) for v in index.shapes[i]) for i in ids],
+        "resized_shape": [(imgsz, imgsz)] * len(ids),
+        "ratio_pad": [((r, r), (left, top)) for r, _, (top, left) in metas],
+    }
+
+
+class DaliTrainStream:
+    """Endless training batches, `batches_per_epoch` per epoch, every rank the same count.
+
+    Mosaic epochs and the final `close_mosaic` epochs use two graphs (four decodes vs one per sample); the
+    stream switches graphs at the epoch boundary, as Ultralytics rebuilds its loader there.
+    """
+
+    def __init__(self, index: DatasetIndex, imgsz: int, batch: int, batches_per_epoch: int, rank: int, world: int,
+                 seed: int, augment: Augment, settings: DaliSettings, mosaic_until: int, start_epoch: int = 0) -> None:
+        self.index, self.imgsz, self.batch, self.batches_per_epoch = index, imgsz, batch, batches_per_epoch
+        self.rank, self.world, self.seed, self.augment, self.settings = rank, world, seed, augment, settings
+        self.mosaic_until, self.start_epoch = mosaic_until, start_epoch
+        TrainSource(index, imgsz, batch * batches_per_epoch, rank, world, seed, augment, 1)  # fail early if too small
+
+    def _open(self, tiles: int, epoch: int) -> DALIGenericIterator:
+        source = TrainSource(self.index, self.imgsz, self.batch * self.batches_per_epoch, self.rank, self.world,
+                             self.seed, self.augment, tiles, start_epoch=epoch)
+        return _iterator(_pipeline(source, tiles, self.batch, self.settings, self.augment, train=True), train=True)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch, tiles, it = self.start_epoch, 0, None
+        while True:
+            want = 4 if self.augment.mosaic > 0 and epoch < self.mosaic_until else 1
+            if want != tiles:
+                if it is not None:
+                    log.info("epoch %d: mosaic off for the last epochs (close_mosaic)", epoch + 1)
+                tiles, it = want, None  # drop the old pipeline (and its prefetched batches) first
+                it = self._open(tiles, epoch)
+            for _ in range(self.batches_per_epoch):
+                yield to_batch(next(it)[0], self.index, self.imgsz)
+            epoch += 1
+
+
+class DaliValLoader:
+    """Every validation image exactly once across ranks, letterboxed; re-iterable once per evaluation."""
+
+    def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int,
+                 settings: DaliSettings) -> None:
+        self.index, self.imgsz = index, imgsz
+        self.source = ValSource(index, imgsz, batch, rank, world)
+        self._it: DALIGenericIterator | None = None
+        if self.source.n_valid:
+            pipe = _pipeline(self.source, 1, batch, settings, Augment(), train=False)
+            self._it = _iterator(pipe, train=False)
+
+    def __len__(self) -> int:
+        return len(self.source.ids) // max(1, self._it.batch_size if self._it else 1)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._it is None:
+            return
+        for out in self._it:
+            yield to_batch(out[0], self.index, self.imgsz)

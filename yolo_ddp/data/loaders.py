@@ -1,0 +1,90 @@
+"""Pick the data backend (`data.backend=auto|dali|torch`) and build its train stream and validation loader.
+
+`auto` is DALI on CUDA and the torch DataLoader on CPU: measured on a 2-core machine, DALI's CPU pipeline does
+not beat OpenCV in DataLoader workers (bench/data_throughput.py, bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from yolo_ddp.config import DataConfig
+from yolo_ddp.data.dataset import DatasetIndex
+
+log = logging.getLogger(__name__)
+
+
+def resolve_backend(data: DataConfig, device: torch.device) -> str:
+    if data.backend != "auto":
+        if data.backend == "dali":
+            _require_dali()
+        return data.backend
+    if device.type != "cuda":
+        return "torch"
+    try:
+        _require_dali()
+    except ValueError as e:
+        log.warning("%s Falling back to the torch DataLoader backend.", e)
+        return "torch"
+    return "dali"
+
+
+def _require_dali() -> None:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as e:
+        raise ValueError(
+            f"data.backend=dali needs NVIDIA DALI, which failed to import ({e}). Reinstall with `make install` "
+            "(it pins nvidia-dali-cuda120), or set data.backend=torch."
+        ) from e
+
+
+def _augment(data: DataConfig, mosaic: bool):
+    from yolo_ddp.data.dali_source import Augment
+
+    return Augment(data.hsv_h, data.hsv_s, data.hsv_v, data.fliplr, data.mosaic if mosaic else 0.0, data.scale)
+
+
+def _dali_settings(data: DataConfig, device: torch.device):
+    from yolo_ddp.data.dali import DaliSettings
+
+    device_id = device.index if device.type == "cuda" else None
+    return DaliSettings(device_id, data.dali.threads, data.dali.prefetch, data.dali.py_workers)
+
+
+def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
+                       batches_per_epoch: int, epochs: int, seed: int, device: torch.device, rank: int, world: int,
+                       start_epoch: int = 0) -> Iterable[dict[str, Any]]:
+    """Endless batches, exactly `batches_per_epoch` per epoch on every rank, starting at `start_epoch`."""
+    if backend == "dali":
+        from yolo_ddp.data.dali import DaliTrainStream
+
+        return DaliTrainStream(index, data.imgsz, batch_per_rank, batches_per_epoch, rank, world, seed,
+                               _augment(data, mosaic=True), _dali_settings(data, device),
+                               mosaic_until=max(0, epochs - data.close_mosaic), start_epoch=start_epoch)
+    from yolo_ddp.data.torch_loader import build_loader
+
+    if data.mosaic > 0 and rank == 0:
+        log.warning("data.mosaic=%s is ignored: the torch backend has no mosaic; use data.backend=dali for it, "
+                    "or set data.mosaic=0 to silence this.", data.mosaic)
+    aug = {"hsv_h": data.hsv_h, "hsv_s": data.hsv_s, "hsv_v": data.hsv_v, "fliplr": data.fliplr}
+    return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=True, seed=seed, augment=aug,
+                        pin_memory=device.type == "cuda", start_epoch=start_epoch,
+                        batches_per_epoch=batches_per_epoch)
+
+
+def build_val_loader(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
+                     device: torch.device, rank: int, world: int) -> Iterable[dict[str, Any]]:
+    """Every image exactly once across ranks, letterboxed, re-iterable once per evaluation."""
+    if backend == "dali":
+        from yolo_ddp.data.dali import DaliValLoader
+
+        return DaliValLoader(index, data.imgsz, batch_per_rank, rank, world, _dali_settings(data, device))
+    from yolo_ddp.data.torch_loader import build_loader
+
+    return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=False,
+                        pin_memory=device.type == "cuda")
