@@ -22,3 +22,8 @@ for spec in yolov8n.yaml:2 yolov8s.yaml:1; do
     --workers 8 --n-train 2048 --pairs ${spec#*:} 2>&1 | tail -8 | tee -a "$OUT/throughput.txt"
   cp bench/out/train_vs_ultralytics.csv "$OUT/throughput_${model%.yaml}.csv"
 done
+# DALI: mixed decode beside torch (CUDA 13 build) in one process, then loader throughput at 640 with mosaic.
+python3 -m pytest -q tests/test_dali.py 2>&1 | tail -3 | tee -a "$OUT/dali.txt"
+python3 bench/data_throughput.py --imgsz 640 --batch 64 --workers 16 --batches 60 --n-images 2048 2>&1 \
+  | tail -16 | tee -a "$OUT/dali.txt"
+cp bench/out/data_throughput.csv "$OUT/" 2>/dev/null || true
