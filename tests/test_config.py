@@ -62,7 +62,9 @@ def test_wrong_type_fails_at_compose():
 @pytest.mark.parametrize(
     ("override", "key"),
     [("data.imgsz=300", "data.imgsz"), ("train.amp=fp8", "train.amp"), ("train.epochs=0", "train.epochs"),
-     ("launcher.nproc_per_node=two", "launcher.nproc_per_node"), ("model.cfg=yolov8n.pt", "model.cfg")],
+     ("launcher.nproc_per_node=two", "launcher.nproc_per_node"), ("model.cfg=yolov8n.pt", "model.cfg"),
+     ("data.backend=opencv", "data.backend"), ("data.mosaic=1.5", "data.mosaic"),
+     ("data.close_mosaic=-1", "data.close_mosaic"), ("data.dali.prefetch=0", "data.dali.prefetch")],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(Exception, match=key.replace(".", r"\.")):

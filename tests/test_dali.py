@@ -138,3 +138,31 @@ def test_too_few_images_for_a_batch_is_a_clear_error(tmp_path: Path) -> None:
     idx = make_index(tmp_path, 4)
     with pytest.raises(ValueError, match="lower the batch size"):
         DaliTrainStream(idx, 64, 4, 1, 0, 2, seed=0, augment=NO_AUGMENT, settings=CPU, mosaic_until=0)
+
+
+def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from yolo_ddp.config import DataConfig
+    from yolo_ddp.data import loaders
+
+    assert loaders.resolve_backend(DataConfig(), torch.device("cpu")) == "torch"  # measured faster on CPU
+    assert loaders.resolve_backend(DataConfig(), torch.device("cuda", 0)) == "dali"
+    assert loaders.resolve_backend(DataConfig(backend="dali"), torch.device("cpu")) == "dali"
+    monkeypatch.setitem(__import__("sys").modules, "nvidia.dali", None)  # as if DALI failed to install
+    assert loaders.resolve_backend(DataConfig(), torch.device("cuda", 0)) == "torch"
+    with pytest.raises(ValueError, match="data.backend=dali needs NVIDIA DALI"):
+        loaders.resolve_backend(DataConfig(backend="dali"), torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="DALI mixed (nvJPEG) decode needs a CUDA GPU")
+@pytest.mark.parametrize("mosaic", [0.0, 1.0])
+def test_mixed_decode_matches_cpu_pipeline(tmp_path: Path, mosaic: float) -> None:
+    """nvJPEG + GPU resize/slice/flip/HSV beside torch in one process give the CPU pipeline's batch."""
+    idx, s = make_index(tmp_path, 8, "jpg"), 96
+    aug = Augment(mosaic=mosaic)
+    out = {}
+    for name, device_id in (("cpu", None), ("gpu", 0)):
+        stream = DaliTrainStream(idx, s, 4, 2, 0, 1, 0, aug, DaliSettings(device_id), mosaic_until=99)
+        out[name] = next(iter(stream))
+    assert out["gpu"]["img"].is_cuda and torch.equal(out["gpu"]["bboxes"], out["cpu"]["bboxes"])
+    assert (out["gpu"]["img"].cpu().float() - out["cpu"]["img"].float()).abs().mean() < 2.0
