@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.red_boxes import make_index as red_boxes_index
+from tests.red_boxes import xyxy_px
 from yolo_ddp.data.dataset import DatasetIndex, build_index
 from yolo_ddp.data.torch_loader import EpochStreamSampler, ShardSampler, YoloDataset, build_loader, collate
 
@@ -109,8 +111,8 @@ def test_val_loader_sees_every_image_once(tmp_path: Path) -> None:
 
 def test_build_loader_rejects_bad_settings(tmp_path: Path) -> None:
     idx = make_index(tmp_path)
-    with pytest.raises(ValueError, match="mosaic"):
-        build_loader(idx, IMGSZ, 2, 0, train=True, augment={"mosaic": 1.0})
+    with pytest.raises(ValueError, match="mixup"):
+        build_loader(idx, IMGSZ, 2, 0, train=True, augment={"mixup": 1.0})
     with pytest.raises(ValueError, match="fewer than one batch"):
         build_loader(idx, IMGSZ, 8, 0, train=True)
 
@@ -122,8 +124,28 @@ def test_stream_epochs_are_whole_shuffles_and_resume_where_they_left_off() -> No
     inner = torch.utils.data.DistributedSampler(range(10), num_replicas=2, rank=0, shuffle=True, seed=5,
                                                 drop_last=True)
     inner.set_epoch(1)
-    assert epoch1 == list(inner)[:4] and epoch0 != epoch1
+    assert epoch1 == [(i, 1) for i in list(inner)[:4]] and epoch0 != epoch1
+    assert {e for _, e in epoch0} == {0}  # the dataset learns the epoch (mosaic until close_mosaic) from it
     resumed = iter(EpochStreamSampler(10, 2, 2, 0, 2, seed=5, start_epoch=1))
     assert [next(resumed) for _ in range(4)] == epoch1
     with pytest.raises(ValueError, match="images per rank"):
         EpochStreamSampler(10, batch_per_rank=4, batches_per_epoch=2, rank=0, world_size=2)
+
+
+def test_mosaic_until_close_mosaic(tmp_path: Path) -> None:
+    """Ultralytics' Mosaic + RandomPerspective in mosaic epochs, the letterbox after `mosaic_until`."""
+    idx, s = red_boxes_index(tmp_path, 12), 128
+    ds = YoloDataset(idx, s, augment=True, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.5, mosaic=1.0, mosaic_until=1)
+    checked = 0
+    for i in range(len(idx)):
+        batch = collate([ds[(i, 0)]])
+        img = batch["img"][0].permute(1, 2, 0).numpy().astype(int)
+        red = (img[..., 0] > 180) & (img[..., 1] < 80) & (img[..., 2] < 80)
+        for x0, y0, x1, y1 in xyxy_px(batch, 0, s):
+            core = red[int(y0) + 2 : int(y1) - 1, int(x0) + 2 : int(x1) - 1]
+            assert core.size == 0 or core.mean() > 0.8
+            checked += core.size > 0
+        assert batch["img"].shape == (1, 3, s, s)
+    assert checked > 10
+    plain = ds[(0, 1)]  # past mosaic_until: letterbox geometry again
+    assert plain["ratio_pad"][0] == (s / 160, s / 160)

@@ -61,7 +61,7 @@ class DataConfig:
     hsv_s: float = 0.7
     hsv_v: float = 0.4
     fliplr: float = 0.5
-    mosaic: float = 1.0  # 4-image mosaic probability (DALI backend; the torch backend has none)
+    mosaic: float = 1.0  # 4-image mosaic probability per training sample
     scale: float = 0.5  # mosaic tiles are resized by a random factor in [1 - scale, 1 + scale]
     close_mosaic: int = 10  # no mosaic in the last N epochs, as Ultralytics
     dali: DaliConfig = field(default_factory=DaliConfig)

@@ -68,13 +68,11 @@ def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batc
                                mosaic_until=max(0, epochs - data.close_mosaic), start_epoch=start_epoch)
     from yolo_ddp.data.torch_loader import build_loader
 
-    if data.mosaic > 0 and rank == 0:
-        log.warning("data.mosaic=%s is ignored: the torch backend has no mosaic; use data.backend=dali for it, "
-                    "or set data.mosaic=0 to silence this.", data.mosaic)
-    aug = {"hsv_h": data.hsv_h, "hsv_s": data.hsv_s, "hsv_v": data.hsv_v, "fliplr": data.fliplr}
+    aug = {"hsv_h": data.hsv_h, "hsv_s": data.hsv_s, "hsv_v": data.hsv_v, "fliplr": data.fliplr,
+           "mosaic": data.mosaic, "scale": data.scale}
     return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=True, seed=seed, augment=aug,
                         pin_memory=device.type == "cuda", start_epoch=start_epoch,
-                        batches_per_epoch=batches_per_epoch)
+                        batches_per_epoch=batches_per_epoch, mosaic_until=max(0, epochs - data.close_mosaic))
 
 
 def build_val_loader(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,

@@ -8,13 +8,23 @@ what `v8DetectionLoss` and the Ultralytics metrics expect; only the index (node-
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
-from ultralytics.data.augment import Compose, Format, LetterBox, RandomFlip, RandomHSV
+from ultralytics.data.augment import (
+    Compose,
+    Format,
+    LetterBox,
+    Mosaic,
+    RandomFlip,
+    RandomHSV,
+    RandomPerspective,
+)
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.utils.instance import Instances
 from ultralytics.utils.patches import imread
@@ -23,11 +33,21 @@ from yolo_ddp.data.dataset import DatasetIndex
 from yolo_ddp.dist import get_rank, get_world_size
 
 # Ultralytics' default hyperparameters for the augmentations this backend supports.
-AUGMENT_DEFAULTS: dict[str, float] = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "fliplr": 0.5}
+AUGMENT_DEFAULTS: dict[str, float] = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "fliplr": 0.5, "mosaic": 0.0,
+                                      "scale": 0.5}
 
 
 class YoloDataset(Dataset[dict[str, Any]]):
-    """One letterboxed (and, for training, colour/flip-augmented) sample per index entry."""
+    """One letterboxed (and, for training, colour/flip-augmented) sample per index entry.
+
+    With `mosaic > 0`, training samples go through Ultralytics' own `Mosaic` + `RandomPerspective` (as in its
+    `v8_transforms`) instead of the letterbox, in epochs before `mosaic_until`; the sampler passes
+    `(index, epoch)` so workers know the epoch without being rebuilt.
+    """
+
+    # Ultralytics' Mosaic draws partner images from `dataset.buffer` (its in-RAM image cache) unless
+    # cache == "ram"; this dataset keeps no image buffer, so partners are drawn from the whole set.
+    cache = "ram"
 
     def __init__(
         self,
@@ -38,47 +58,69 @@ class YoloDataset(Dataset[dict[str, Any]]):
         hsv_s: float = 0.7,
         hsv_v: float = 0.4,
         fliplr: float = 0.5,
+        mosaic: float = 0.0,
+        scale: float = 0.5,
+        mosaic_until: int = 0,
     ) -> None:
-        self.index, self.imgsz, self.augment = index, imgsz, augment
-        steps: list[Any] = [LetterBox(new_shape=(imgsz, imgsz), auto=False, scaleup=True, center=True)]
+        self.index, self.imgsz, self.augment, self.mosaic_until = index, imgsz, augment, mosaic_until
+        colour_flip: list[Any] = []
         if augment:  # after letterboxing, as in Ultralytics' v8_transforms: HSV/flip on imgsz² pixels only
-            steps += [
-                RandomHSV(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v),
-                RandomFlip(p=fliplr, direction="horizontal"),
-            ]
-        steps.append(
-            Format(
-                bbox_format="xywh", normalize=True, return_mask=False, return_keypoint=False, batch_idx=True
-            )
-        )
-        self.transforms = Compose(steps)
+            colour_flip = [RandomHSV(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v), RandomFlip(p=fliplr, direction="horizontal")]
+        fmt = Format(bbox_format="xywh", normalize=True, return_mask=False, return_keypoint=False, batch_idx=True)
+        letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False, scaleup=True, center=True)
+        self.transforms = Compose([letterbox, *colour_flip, fmt])
+        self.mosaic_transforms = None
+        if augment and mosaic > 0:
+            self.mosaic_transforms = Compose([
+                Mosaic(self, imgsz=imgsz, p=mosaic),
+                RandomPerspective(degrees=0.0, translate=0.1, scale=scale, shear=0.0, size=(imgsz, imgsz)),
+                *colour_flip, fmt,
+            ])
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _label(self, i: int, img: np.ndarray, ori_hw: tuple[int, int]) -> dict[str, Any]:
+        lb = np.array(self.index.labels_for(i), dtype=np.float32)  # copy: Instances edits boxes in place
+        return {
+            "im_file": self.index.im_files[i],
+            "img": img,
+            "ori_shape": ori_hw,
+            "resized_shape": img.shape[:2],
+            "ratio_pad": (img.shape[0] / ori_hw[0], img.shape[1] / ori_hw[1]),  # LetterBox completes this
+            "cls": lb[:, :1].copy(),
+            "instances": Instances(
+                lb[:, 1:].copy(), segments=np.zeros((0, 0, 2), np.float32), bbox_format="xywh", normalized=True
+            ),
+        }
+
+    def _imread(self, i: int) -> np.ndarray:
         f = self.index.im_files[i]
         img = imread(f)  # BGR HWC uint8; Format flips to RGB CHW
         if img is None:
-            raise FileNotFoundError(
-                f"Image {f} could not be read although it passed indexing; was it changed?"
-            )
+            raise FileNotFoundError(f"Image {f} could not be read although it passed indexing; was it changed?")
+        return img
+
+    def get_image_and_label(self, i: int) -> dict[str, Any]:
+        """A sample resized so its long side is imgsz (Ultralytics' `load_image`), as `Mosaic` expects."""
+        img = self._imread(i)
+        h0, w0 = img.shape[:2]
+        r = self.imgsz / max(h0, w0)
+        if r != 1:
+            size = (min(math.ceil(w0 * r), self.imgsz), min(math.ceil(h0 * r), self.imgsz))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+        return self._label(i, img, (h0, w0))
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        i, epoch = item if isinstance(item, tuple) else (item, None)
+        if self.mosaic_transforms is not None and epoch is not None and epoch < self.mosaic_until:
+            out = self.mosaic_transforms(self.get_image_and_label(i))
+            out["ratio_pad"] = ((1.0, 1.0), (0, 0))  # a mosaic has no single source geometry
+            return out
+        img = self._imread(i)
         hw = img.shape[:2]
-        lb = np.array(self.index.labels_for(i), dtype=np.float32)  # copy: Instances edits boxes in place
-        label = {
-            "im_file": f,
-            "img": img,
-            "ori_shape": hw,
-            "resized_shape": hw,
-            "ratio_pad": (1.0, 1.0),  # LetterBox turns this into ((r, r), (padw, padh))
-            "cls": lb[:, :1].copy(),
-            "instances": Instances(
-                lb[:, 1:].copy(),
-                segments=np.zeros((0, 0, 2), np.float32),
-                bbox_format="xywh",
-                normalized=True,
-            ),
-        }
+        label = self._label(i, img, hw)
+        label["ratio_pad"] = (1.0, 1.0)  # LetterBox turns this into ((r, r), (padw, padh))
         return self.transforms(label)
 
 
@@ -114,7 +156,7 @@ class ShardSampler(Sampler[int]):
 
 
 class EpochStreamSampler(Sampler[int]):
-    """Epoch after epoch of DistributedSampler shuffles, as one endless stream of indices.
+    """Epoch after epoch of DistributedSampler shuffles, as one endless stream of (index, epoch).
 
     One DataLoader iterator then lives for the whole run, so its workers prefetch the next epoch's
     first batches while the current one finishes; a fresh iterator per epoch starts from an empty
@@ -139,7 +181,7 @@ class EpochStreamSampler(Sampler[int]):
         epoch = self.start_epoch
         while True:
             self.inner.set_epoch(epoch)
-            yield from itertools.islice(iter(self.inner), self.per_epoch)
+            yield from ((i, epoch) for i in itertools.islice(iter(self.inner), self.per_epoch))
             epoch += 1
 
 
@@ -163,6 +205,7 @@ def build_loader(
     pin_memory: bool = False,
     batches_per_epoch: int | None = None,
     start_epoch: int = 0,
+    mosaic_until: int = 0,
 ) -> DataLoader:
     """Train: an endless stream of shuffled DDP shards, `batches_per_epoch` full batches per epoch (default:
     every full batch of the shard), starting at `start_epoch` (resume). Val: every image once, never augmented.
@@ -173,7 +216,7 @@ def build_loader(
     workers=0 the transforms use the main process's global RNGs.
     """
     rank, world = (get_rank(), get_world_size()) if torch.distributed.is_initialized() else (0, 1)
-    dataset = YoloDataset(index, imgsz, augment=train, **_hyp(augment))
+    dataset = YoloDataset(index, imgsz, augment=train, mosaic_until=mosaic_until, **_hyp(augment))
     sampler: Sampler[int]
     if train:
         per_rank = len(dataset) // world
