@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from ultralytics.utils.torch_utils import ModelEMA
 
 from yolo_ddp import checkpoint, dist
@@ -29,7 +28,9 @@ from yolo_ddp.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
 from yolo_ddp.model import build_model, loss_criterion
 from yolo_ddp.optim import build_optimizer, build_scheduler, choose_optimizer
 from yolo_ddp.plan import agree_amp_mode, make_plan
+from yolo_ddp.sync import ddp as sync
 from yolo_ddp.sync_bn import convert_sync_batchnorm, revert_sync_batchnorm
+from yolo_ddp.topology import NodeTopology
 
 log = logging.getLogger("yolo_ddp.train")
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -38,9 +39,10 @@ AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 def train(cfg: Config) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     setup_rank_logging(run_dir, dist.get_rank())
+    node = sync.prepare_node(cfg.dist.backend)  # probe once per node; NCCL reads its env when the group starts
     device = dist.init_process_group(cfg.dist.timeout_s, cfg.dist.backend)
     try:
-        return _train(cfg, run_dir, device)
+        return _train(cfg, run_dir, device, node)
     finally:
         dist.destroy_process_group()
 
@@ -51,7 +53,7 @@ def _set_threads(cfg: Config, device: torch.device) -> None:
         torch.set_num_threads(cfg.train.threads_per_rank or max(1, (os.cpu_count() or 1) // local_world))
 
 
-def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
+def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     checkpoint.refuse_fresh_run_over(run_dir, cfg.train.resume)
     writer = make_writer(rank, run_dir)
@@ -73,7 +75,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device) -> dict[str, Any]:
     if plan.sync_bn:
         raw = convert_sync_batchnorm(raw, device)
     raw = raw.to(device)
-    model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else raw
+    sync_plan = sync.plan_sync(cfg.sync, node, raw, cfg.data.imgsz, plan.batch_per_rank, device)
+    writer.info(sync_plan.describe())
+    model = sync.wrap_ddp(raw, device, sync_plan, cfg.sync) if world > 1 else raw
 
     choice = choose_optimizer(cfg.train, spec.nc, plan.total_steps)
     optimizer = build_optimizer(raw, choice, plan.weight_decay)
