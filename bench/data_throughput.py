@@ -3,7 +3,8 @@
 Each row streams training batches (letterbox to imgsz, HSV, horizontal flip; `+mosaic` adds the 4-image
 mosaic) and reports images/s after a warm-up, plus the ratio to the torch DataLoader row of the same
 augmentation. `ultralytics` rows use Ultralytics' own dataset and InfiniteDataLoader (its mosaic + random
-perspective), the loader `yolo train` runs. `stage:` rows split the DALI CPU cost (decode only, decode +
+perspective), the loader `yolo train` runs; our torch rows use the same Ultralytics transforms over the
+node-shared index. `stage:` rows split the DALI CPU cost (decode only, decode +
 resize) against OpenCV to show where time goes.
 
     python bench/data_throughput.py --imgsz 640 --batch 32 --workers 2 --batches 30
@@ -108,17 +109,18 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     skip = set(filter(None, args.skip.split(",")))
 
-    def torch_rows() -> Iterable[dict]:
-        aug = {k: getattr(plain, k) for k in ("hsv_h", "hsv_s", "hsv_v", "fliplr")}
-        return build_loader(index, s, b, args.workers, train=True, augment=aug, pin_memory=gpu,
-                            batches_per_epoch=per_epoch)
+    def torch_rows(aug: Augment) -> Iterable[dict]:
+        hyp = {k: getattr(aug, k) for k in ("hsv_h", "hsv_s", "hsv_v", "fliplr", "mosaic", "scale")}
+        return build_loader(index, s, b, args.workers, train=True, augment=hyp, pin_memory=gpu,
+                            batches_per_epoch=per_epoch, mosaic_until=10**9)
 
     def dali(aug: Augment, device_id: int | None) -> Iterable[dict]:
         settings = DaliSettings(device_id, threads=args.dali_threads)
         return DaliTrainStream(index, s, b, per_epoch, 0, 1, 0, aug, settings, mosaic_until=10**9)
 
     rows: list[tuple[str, str, Callable[[], float]]] = [
-        ("torch", "plain", lambda: rate(torch_rows(), nb, args.warmup, False)),
+        ("torch", "plain", lambda: rate(torch_rows(plain), nb, args.warmup, False)),
+        ("torch", "mosaic", lambda: rate(torch_rows(mosaic), nb, args.warmup, False)),
         ("dali-cpu", "plain", lambda: rate(dali(plain, None), nb, args.warmup, False)),
         ("dali-cpu", "mosaic", lambda: rate(dali(mosaic, None), nb, args.warmup, False)),
         ("ultralytics", "mosaic", lambda: rate(ultralytics_loader(data_yaml, s, b, args.workers, 1.0),
@@ -148,10 +150,10 @@ def main() -> None:
             continue
         results.append({"loader": name, "augment": aug, "img_per_s": run()})
         print(f"  measured {name} ({aug}): {results[-1]['img_per_s']:.1f} img/s", flush=True)
-    ref = {r["augment"]: r["img_per_s"] for r in results if r["loader"] in ("torch", "ultralytics")}
+    ref = {r["augment"]: r["img_per_s"] for r in results if r["loader"] == "torch"}
     machine = f"{platform.node()} {os.cpu_count()} cores" + (f", {torch.cuda.get_device_name(0)}" if gpu else "")
     print(f"\n{date.today()}  {machine}  imgsz={s} batch={b} workers={args.workers} source {args.image_size}px JPEG")
-    print(f"{'loader':<40} {'augment':<10} {'img/s':>9} {'vs torch/ultralytics':>22}")
+    print(f"{'loader':<40} {'augment':<10} {'img/s':>9} {'vs torch DataLoader':>22}")
     for r in results:
         base = ref.get(r["augment"]) if not r["loader"].startswith("stage") else None
         r["ratio"] = r["img_per_s"] / base if base else ""

@@ -45,9 +45,11 @@ class YoloDataset(Dataset[dict[str, Any]]):
     `(index, epoch)` so workers know the epoch without being rebuilt.
     """
 
-    # Ultralytics' Mosaic draws partner images from `dataset.buffer` (its in-RAM image cache) unless
-    # cache == "ram"; this dataset keeps no image buffer, so partners are drawn from the whole set.
-    cache = "ram"
+    # Ultralytics' Mosaic draws its three partner images from `dataset.buffer`, the indices of the last
+    # images this worker loaded (cache != "ram"), whose resized pixels are kept: a mosaic then decodes one
+    # new image instead of four. Same policy as Ultralytics' BaseDataset, bounded per worker process.
+    cache = None
+    buffer_size = 64
 
     def __init__(
         self,
@@ -63,6 +65,8 @@ class YoloDataset(Dataset[dict[str, Any]]):
         mosaic_until: int = 0,
     ) -> None:
         self.index, self.imgsz, self.augment, self.mosaic_until = index, imgsz, augment, mosaic_until
+        self.buffer: list[int] = []  # Mosaic reads it; `_resized` holds their pixels
+        self._resized: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
         colour_flip: list[Any] = []
         if augment:  # after letterboxing, as in Ultralytics' v8_transforms: HSV/flip on imgsz² pixels only
             colour_flip = [RandomHSV(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v), RandomFlip(p=fliplr, direction="horizontal")]
@@ -103,13 +107,20 @@ class YoloDataset(Dataset[dict[str, Any]]):
 
     def get_image_and_label(self, i: int) -> dict[str, Any]:
         """A sample resized so its long side is imgsz (Ultralytics' `load_image`), as `Mosaic` expects."""
+        if i in self._resized:
+            img, hw0 = self._resized[i]
+            return self._label(i, img.copy(), hw0)  # copy: later transforms write into the image
         img = self._imread(i)
-        h0, w0 = img.shape[:2]
-        r = self.imgsz / max(h0, w0)
+        hw0 = img.shape[:2]
+        r = self.imgsz / max(hw0)
         if r != 1:
-            size = (min(math.ceil(w0 * r), self.imgsz), min(math.ceil(h0 * r), self.imgsz))
+            size = (min(math.ceil(hw0[1] * r), self.imgsz), min(math.ceil(hw0[0] * r), self.imgsz))
             img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
-        return self._label(i, img, (h0, w0))
+        self._resized[i] = (img, hw0)
+        self.buffer.append(i)
+        if len(self.buffer) > self.buffer_size:
+            self._resized.pop(self.buffer.pop(0), None)
+        return self._label(i, img.copy(), hw0)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = item if isinstance(item, tuple) else (item, None)
