@@ -21,7 +21,14 @@ from nvidia.dali import Pipeline, fn, types
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from yolo_ddp.data.dali_source import PAD_VALUE, Augment, TrainSource, ValSource, letterbox_geometry
+from yolo_ddp.data.dali_source import (
+    PAD_VALUE,
+    TILE_OUTPUTS,
+    Augment,
+    TrainSource,
+    ValSource,
+    letterbox_geometry,
+)
 from yolo_ddp.data.dataset import DatasetIndex
 
 log = logging.getLogger(__name__)
@@ -47,25 +54,26 @@ class DaliSettings:
         return max(1, (os.cpu_count() or 1) // local_world)
 
 
-def _image(encoded, size, start, shape, gpu: bool):
+def _image(encoded, size, start, shape, interp, gpu: bool):
     img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
-    img = fn.resize(img, size=size, antialias=False, interp_type=types.INTERP_LINEAR)
+    img = fn.resize(img, size=size, antialias=False, interp_type=fn.cast(interp, dtype=types.INTERP_TYPE))
     return fn.slice(img, start=start, shape=shape, axes=[0, 1], out_of_bounds_policy="pad", fill_values=PAD_VALUE)
 
 
 def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: Augment, train: bool) -> Pipeline:
-    n_out = 4 * tiles + (6 if train else 3)
+    k = TILE_OUTPUTS
+    n_out = k * tiles + (6 if train else 3)
     pipe = Pipeline(batch_size=batch, num_threads=settings.num_threads(), device_id=settings.device_id,
                     prefetch_queue_depth=settings.prefetch, py_num_workers=max(1, settings.py_workers),
                     py_start_method="spawn", seed=0)
     with pipe:
         outs = fn.external_source(source=source, num_outputs=n_out, batch=False, parallel=settings.py_workers > 0)
-        parts = [_image(*outs[4 * t : 4 * t + 4], settings.gpu) for t in range(tiles)]
+        parts = [_image(*outs[k * t : k * t + k], settings.gpu) for t in range(tiles)]
         if tiles == 4:
             img = fn.cat(fn.cat(parts[0], parts[1], axis=1), fn.cat(parts[2], parts[3], axis=1), axis=0)
         else:
             img = parts[0]
-        rest = outs[4 * tiles :]
+        rest = outs[k * tiles :]
         labels = fn.pad(rest[0], fill_value=-1.0, axes=(0,))  # dense batch for the iterator; sentinels stripped
         if train:
             flip, hue, sat, val, index = rest[1:]

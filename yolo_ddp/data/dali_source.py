@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from nvidia.dali import types
 from nvidia.dali.types import SampleInfo
 
 from yolo_ddp.data.dataset import DatasetIndex
@@ -143,8 +144,16 @@ def tile_boxes(index: DatasetIndex, tile: Tile, r: float) -> tuple[np.ndarray, n
     return rows[keep, 0], after[keep]
 
 
-def _tile_arrays(t: Tile) -> tuple[np.ndarray, ...]:
-    return (np.array(t.size, np.float32), np.array(t.start, np.int32), np.array(t.shape, np.int32))
+TILE_OUTPUTS = 5  # per tile: encoded bytes, resize size, slice start, slice shape, interpolation
+
+
+def _tile_arrays(index: DatasetIndex, t: Tile) -> tuple[np.ndarray, ...]:
+    # Nearest-neighbour where the size does not change: identical pixels, and DALI's CPU bilinear resize
+    # costs ~5 thread-ms per 640 px image even at scale 1 (bench/dali_cpu_ops.py).
+    same = tuple(int(v) for v in index.shapes[t.index]) == t.size
+    interp = int(types.INTERP_NN if same else types.INTERP_LINEAR)
+    return (_read(index.im_files[t.index]), np.array(t.size, np.float32), np.array(t.start, np.int32),
+            np.array(t.shape, np.int32), np.array(interp, np.int32))
 
 
 def _read(path: str) -> np.ndarray:
@@ -154,7 +163,7 @@ def _read(path: str) -> np.ndarray:
 class TrainSource:
     """Endless per-sample stream: epoch e (from `start_epoch`) is a permutation seeded by (seed, e), agreed
     by every rank, cut into `world` equal shards (remainder dropped, as DistributedSampler(drop_last=True));
-    rank takes its shard's first `per_epoch` samples. Outputs: per tile (bytes, size, start, shape), then
+    rank takes its shard's first `per_epoch` samples. Outputs: per tile (bytes, size, start, shape, interp), then
     labels, flip, hue, saturation, value, index."""
 
     def __init__(self, index: DatasetIndex, imgsz: int, per_epoch: int, rank: int, world: int, seed: int,
@@ -204,7 +213,7 @@ class TrainSource:
         tiles, rows, flip, hsv, i = self.sample(info.idx_in_epoch)
         out: list[np.ndarray] = []
         for t in tiles:
-            out += [_read(self.index.im_files[t.index]), *_tile_arrays(t)]
+            out += _tile_arrays(self.index, t)
         return (*out, rows, np.array(flip, np.int32), *(np.array(v, np.float32) for v in hsv),
                 np.array([i], np.int64))
 
@@ -226,5 +235,5 @@ class ValSource:
         i = self.ids[info.idx_in_epoch]
         tile, r, _ = letterbox_tile(self.index, i, self.imgsz)
         cls, xyxy = tile_boxes(self.index, tile, r)
-        return (_read(self.index.im_files[i]), *_tile_arrays(tile), _rows(cls, xyxy, self.imgsz),
+        return (*_tile_arrays(self.index, tile), _rows(cls, xyxy, self.imgsz),
                 np.array([i], np.int64), np.array(info.idx_in_epoch < self.n_valid, np.int32))
