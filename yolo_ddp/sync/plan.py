@@ -99,6 +99,9 @@ def choose_sync(cfg: SyncConfig, job: JobTopology, w: Workload, world_size: int,
             if gain >= threshold:
                 reasons.append(f"{s} saves {gain:.2f} ms per step over {chosen} (>= {cfg.min_gain:.0%} of the step)")
                 chosen = s
+            elif gain <= 0:
+                reasons.append(f"{s} would cost {-gain:.2f} ms more per step than {chosen} (its encode/decode "
+                               f"outweighs the bytes it saves)")
             else:
                 reasons.append(f"{s} would save {gain:.2f} ms per step over {chosen}: under {cfg.min_gain:.0%} "
                                f"of the step, not worth its rounding/overhead")
