@@ -67,3 +67,8 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Plain BatchNorm2d again, for saving weights that load anywhere (Ultralytics, single GPU, CPU)."""
     return _swap_batchnorm(module, (nn.SyncBatchNorm, CollectiveBatchNorm2d), nn.BatchNorm2d)
+
+
+def has_collective_norm(model: nn.Module) -> bool:
+    """True when the forward itself all-reduces (SyncBatchNorm on CUDA, CollectiveBatchNorm2d on CPU)."""
+    return any(isinstance(m, (nn.SyncBatchNorm, CollectiveBatchNorm2d)) for m in model.modules())
