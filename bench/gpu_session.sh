@@ -27,3 +27,6 @@ python3 -m pytest -q tests/test_dali.py 2>&1 | tail -3 | tee -a "$OUT/dali.txt"
 python3 bench/data_throughput.py --imgsz 640 --batch 64 --workers 16 --batches 60 --n-images 2048 2>&1 \
   | tail -16 | tee -a "$OUT/dali.txt"
 cp bench/out/data_throughput.csv "$OUT/" 2>/dev/null || true
+# Memory planner: estimate vs torch.cuda.max_memory_allocated, fp32 vs bf16 vs fp16.
+python3 bench/memory_vs_peak.py --models yolov8n.yaml,yolov8s.yaml,yolov8m.yaml --imgsz 640 --batches 8,16,32 \
+  --amps off,bf16,fp16 2>&1 | tail -30 | tee -a "$OUT/memory.txt"
