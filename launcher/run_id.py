@@ -60,6 +60,11 @@ def hydra_output_subdir() -> str | None:
 
 
 def register_resolvers() -> None:
+    from launcher.job_names import job_name, sweep_group  # imports run_id from here
+
     if not OmegaConf.has_resolver("yolo_ddp_run_id"):
         OmegaConf.register_new_resolver("yolo_ddp_run_id", run_id)
         OmegaConf.register_new_resolver("yolo_ddp_hydra_subdir", hydra_output_subdir)
+    if not OmegaConf.has_resolver("yolo_ddp_sweep_group"):  # W&B group and run name (conf/logger/wandb.yaml)
+        OmegaConf.register_new_resolver("yolo_ddp_sweep_group", sweep_group)
+        OmegaConf.register_new_resolver("yolo_ddp_job_name", job_name)

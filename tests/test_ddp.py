@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tests.conftest import free_port
 from yolo_ddp.config import TrainConfig
-from yolo_ddp.log import NullWriter
+from yolo_ddp.logging import NullWriter
 from yolo_ddp.loop import StepContext, TrainState, train_one_epoch
 from yolo_ddp.model import build_model
 from yolo_ddp.plan import make_plan

@@ -1,0 +1,49 @@
+"""W&B group and run name for a job: a multirun's jobs share the sweep id and are named by what the sweep varies.
+
+Used as resolvers in conf/logger/wandb.yaml (`${yolo_ddp_sweep_group:}`, `${yolo_ddp_job_name:}`), so the
+names are resolved once, in the job's launcher process, and reach the workers in resolved_config.yaml.
+Outside a multirun both are empty and yolo_ddp.logging falls back to the config name and the run dir.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+
+from launcher.run_id import run_id
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_group() -> str:
+    return f"sweep-{run_id().replace('/', '_')}" if _multirun() else ""
+
+
+def swept_keys(argv: list[str]) -> list[str]:
+    """Keys the command line sweeps over (`train.batch=16,32`, `range(...)`, `choice(...)`), in order."""
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except Exception:  # noqa: BLE001 - an unparsable line fails in Hydra itself; naming must not
+        return []
+    return [o.get_key_element() for o in overrides if o.is_sweep_override()]
+
+
+def name_from_overrides(job_overrides: list[str], swept: list[str]) -> str:
+    """`batch=16,imgsz=640` from the job's overrides; keys are shortened to their last part where unambiguous."""
+    pairs = [o.split("=", 1) for o in job_overrides if "=" in o]
+    chosen = [(k, v) for k, v in pairs if k.lstrip("+~") in swept] or pairs  # no sweep syntax seen: all of them
+    short = [k.lstrip("+~").rsplit(".", 1)[-1] for k, _ in chosen]
+    keys = [s if short.count(s) == 1 else k.lstrip("+~") for s, (k, _) in zip(short, chosen, strict=True)]
+    return ",".join(f"{k}={v}" for k, (_, v) in zip(keys, chosen, strict=True))
+
+
+def job_name() -> str:
+    if not _multirun():
+        return ""
+    return name_from_overrides(list(HydraConfig.get().overrides.task), swept_keys(sys.argv[1:]))
