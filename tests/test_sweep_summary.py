@@ -1,0 +1,48 @@
+"""A multirun writes sweep_summary.csv/.png through the Hydra callback, failed jobs included, and its W&B runs
+share the sweep's group and are named by what the sweep varies."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_e2e import run
+from tests.wandb_records import offline_runs, read_run
+
+pytestmark = pytest.mark.slow
+
+
+def summary(out: Path) -> tuple[Path, list[dict[str, str]]]:
+    [path] = out.rglob("sweep_summary.csv")
+    with path.open() as f:
+        return path.parent, list(csv.DictReader(f))
+
+
+def test_2x1_multirun_writes_summary_and_groups_wandb_runs(tmp_path):
+    proc = run([sys.executable, "-m", "launcher", "-m", "train.epochs=1", "train.batch=4,8", "data.imgsz=96",
+                "logger=wandb", "logger.mode=offline"], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep_dir, rows = summary(tmp_path / "out")
+    assert [(r["job"], r["name"], r["status"]) for r in rows] == [("0", "batch=4", "COMPLETED"),
+                                                                  ("1", "batch=8", "COMPLETED")]
+    for row, per_rank in zip(rows, ("2", "4"), strict=True):
+        assert row["world_size"] == "2" and row["batch_per_rank"] == per_rank and row["imgsz"] == "96"
+        assert row["accumulate"] and float(row["img_per_s"]) > 0 and float(row["peak_mem_gib"]) > 0
+        assert row["best_mAP50-95"] != "" and "train.batch=" in row["overrides"]
+    assert (sweep_dir / "sweep_summary.png").read_bytes()[:4] == b"\x89PNG"
+
+    runs = [read_run(p) for job in (sweep_dir / "0", sweep_dir / "1") for p in offline_runs(job)]
+    assert [r.name for r in runs] == ["batch=4", "batch=8"]
+    assert len({r.group for r in runs}) == 1 and runs[0].group == f"sweep-{sweep_dir.parent.name}_{sweep_dir.name}"
+    assert len({r.run_id for r in runs}) == 2
+
+
+def test_failed_sweep_job_is_a_row(tmp_path):
+    proc = run([sys.executable, "-m", "launcher", "-m", "train.epochs=1", "train.batch=7", "logger=none"], tmp_path)
+    assert proc.returncode != 0
+    _, rows = summary(tmp_path / "out")
+    assert [r["status"] for r in rows] == ["FAILED"] and "train.batch=7" in rows[0]["overrides"].split()
+    assert "split evenly" in rows[0]["error"] and rows[0]["world_size"] == ""
