@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_e2e import run
+from tests.test_wandb import FAKE_KEY, assert_no_key
 from tests.wandb_records import offline_runs, read_run
 
 pytestmark = pytest.mark.slow
@@ -23,7 +24,7 @@ def summary(out: Path) -> tuple[Path, list[dict[str, str]]]:
 
 def test_2x1_multirun_writes_summary_and_groups_wandb_runs(tmp_path):
     proc = run([sys.executable, "-m", "launcher", "-m", "train.epochs=1", "train.batch=4,8", "data.imgsz=96",
-                "logger=wandb", "logger.mode=offline"], tmp_path, timeout=600)
+                "logger=wandb", "logger.mode=offline"], tmp_path, timeout=600, extra_env={"WANDB_API_KEY": FAKE_KEY})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep_dir, rows = summary(tmp_path / "out")
     assert [(r["job"], r["name"], r["status"]) for r in rows] == [("0", "batch=4", "COMPLETED"),
@@ -38,6 +39,8 @@ def test_2x1_multirun_writes_summary_and_groups_wandb_runs(tmp_path):
     assert [r.name for r in runs] == ["batch=4", "batch=8"]
     assert len({r.group for r in runs}) == 1 and runs[0].group == f"sweep-{sweep_dir.parent.name}_{sweep_dir.name}"
     assert len({r.run_id for r in runs}) == 2
+    assert (sweep_dir / "0" / "resolved_config.yaml").exists()  # the config the workers read, checked for the key
+    assert_no_key(sweep_dir, proc.stdout, proc.stderr)
 
 
 def test_failed_sweep_job_is_a_row(tmp_path):
