@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import logging as stdlib_logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from launcher.job_names import name_from_overrides, swept_keys
-from tests.wandb_records import offline_runs, read_run
+from tests.wandb_records import offline_runs, read_run, records
 from yolo_ddp.config import LoggerConfig
 from yolo_ddp.logging import NullWriter, RunWriter, disable_ultralytics_wandb, make_writer, wandb_run
 from yolo_ddp.logging import console as console_mod
@@ -164,7 +165,13 @@ def test_in_process_offline_run_reads_back(tmp_path, monkeypatch):
     assert run.series("train/box_loss") == [0.5] and run.series("perf/rank0/img_per_s") == [5.0]
     assert run.series("val/mAP50-95") == [0.3] and run.series("val/per_class_ap/nrows") == [2]
     assert run.summary["best/mAP50-95"] == 0.3
-    # A second writer for the same run dir continues the same run id (resume)
-    again = make_writer(0, tmp_path, cfg, {"name": "unit"})
+    # A second writer for the same run dir continues the same run id (resume); log_model uploads the weights.
+    (tmp_path / "best.pt").write_bytes(b"best")
+    (tmp_path / "last.pt").write_bytes(b"last")
+    again = make_writer(0, tmp_path, replace(cfg, log_model=True), {"name": "unit"})
     again.close()
     assert {read_run(p).run_id for p in offline_runs(tmp_path)} == {run.run_id}
+    artifacts = [r.artifact for p in offline_runs(tmp_path) for r in records(p) if r.HasField("artifact")
+                 and r.artifact.type == "model"]
+    assert [a.name for a in artifacts] == [f"model-{run.run_id}"]
+    assert {e.path for e in artifacts[0].manifest.contents} == {"best.pt", "last.pt"}
