@@ -58,6 +58,11 @@ def spawn_job(cfg: DictConfig) -> dict:
     from launcher.spawn import launch_workers, resolve_nproc
 
     typed = to_config(cfg)  # fail here, in one process, before any worker starts
+    if typed.plan:
+        from launcher.plan_only import describe_plan
+
+        print(describe_plan(typed, resolve_nproc(typed.launcher.nproc_per_node)), flush=True)
+        return {}
     run_dir = Path(typed.run_dir)
     refuse_fresh_run_over(run_dir, typed.train.resume)  # before this process writes anything there
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +76,8 @@ def spawn_job(cfg: DictConfig) -> dict:
     nproc = resolve_nproc(typed.launcher.nproc_per_node)
     label = _job_label()
     try:  # refuse a batch that cannot split before any worker starts
-        split_global_batch(typed.train.batch, nproc * typed.launcher.nnodes)
+        if typed.train.batch != "auto":
+            split_global_batch(typed.train.batch, nproc * typed.launcher.nnodes)
     except ValueError as e:
         raise ValueError(f"{label}: {e}") from None
     resolved = run_dir / "resolved_config.yaml"
@@ -119,7 +125,7 @@ def _default_to_cpu_profile(argv: list[str]) -> None:
 
     if torch.cuda.is_available() or any(a.startswith(("train=", "+train=")) for a in argv[1:]):
         return
-    argv.insert(1, "train=cpu_quick")
+    argv.append("train=cpu_quick")  # after the flags (-m, --cfg ...): a group choice can sit anywhere
     if int(os.environ.get("RANK", 0)) == 0:
         print("No GPU found: using the CPU profile train=cpu_quick (pass train=default to override).", flush=True)
 

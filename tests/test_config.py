@@ -55,8 +55,11 @@ def test_typo_key_fails_at_compose(override):
 
 
 def test_wrong_type_fails_at_compose():
-    with pytest.raises(Exception, match="train.batch"):
-        compose(config_name="config", overrides=["train.batch=sixteen"])
+    with pytest.raises(Exception, match="train.epochs"):
+        compose(config_name="config", overrides=["train.epochs=ten"])
+    with pytest.raises(ValueError, match=r"train\.batch.*integer >= 1\) or auto"):  # int or "auto": checked after
+        typed(["train.batch=sixteen"])
+    assert typed(["train.batch=auto"]).train.batch == "auto"
 
 
 @pytest.mark.parametrize(
@@ -64,7 +67,10 @@ def test_wrong_type_fails_at_compose():
     [("data.imgsz=300", "data.imgsz"), ("train.amp=fp8", "train.amp"), ("train.epochs=0", "train.epochs"),
      ("launcher.nproc_per_node=two", "launcher.nproc_per_node"), ("model.cfg=yolov8n.pt", "model.cfg"),
      ("data.backend=opencv", "data.backend"), ("data.mosaic=1.5", "data.mosaic"),
-     ("data.close_mosaic=-1", "data.close_mosaic"), ("data.dali.prefetch=0", "data.dali.prefetch")],
+     ("data.close_mosaic=-1", "data.close_mosaic"), ("data.dali.prefetch=0", "data.dali.prefetch"),
+     ("train.batch=0", "train.batch"), ("train.allow_downgrade=[vram]", "train.allow_downgrade"),
+     ("train.multi_scale=[2,3]", "train.multi_scale"), ("train.imgsz_schedule=[[0,300]]", "train.imgsz_schedule"),
+     ("train.memory_fraction=0", "train.memory_fraction")],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(Exception, match=key.replace(".", r"\.")):

@@ -21,6 +21,7 @@ from tests.conftest import free_port
 from yolo_ddp.config import TrainConfig
 from yolo_ddp.logging import NullWriter
 from yolo_ddp.loop import StepContext, TrainState, train_one_epoch
+from yolo_ddp.memory.oom import OOMGuard
 from yolo_ddp.model import build_model
 from yolo_ddp.plan import make_plan
 from yolo_ddp.sync_bn import convert_sync_batchnorm
@@ -121,7 +122,7 @@ def _accum_worker(rank: int, world: int, port: int, out: str, accumulate: int, s
                        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
                        scaler=torch.amp.GradScaler("cpu", enabled=False))
     ctx = StepContext(plan, train_cfg, torch.device("cpu"), None, warmup_steps=0, log_every_steps=1)
-    train_one_epoch(state, iter(_batches(rank, world, per_rank, accumulate * steps)), ctx, NullWriter())
+    train_one_epoch(state, iter(_batches(rank, world, per_rank, accumulate * steps)), ctx, NullWriter(), OOMGuard(None, 0))
     model.train()
     after = torch.cat([p.detach().flatten() for p in trainable])
     torch.save({"calls": calls["n"], "step": state.step, "delta": before - after}, Path(out) / f"acc{rank}.pt")

@@ -8,6 +8,7 @@ checks what a type cannot (ranges, choices) and raises `ValueError` naming the k
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 OPTIMIZERS = ("auto", "SGD", "AdamW")
@@ -96,7 +97,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    batch: int = 64  # global batch: split evenly over all ranks, as `yolo train batch=` is
+    # Global batch, split evenly over all ranks as `yolo train batch=` is; or "auto": the largest per-rank
+    # micro-batch the memory planner finds room for (accumulation then keeps the nominal batch).
+    batch: Any = 64
     nbs: int = 64  # nominal batch: gradients accumulate until ~nbs images, whatever the world size
     optimizer: str = "auto"
     lr0: float = 0.01
@@ -122,10 +125,28 @@ class TrainConfig:
     cls: float = 0.5
     dfl: float = 1.5
     threads_per_rank: int = 0  # torch intra-op threads on CPU; 0 = cores / local ranks
+    memory_fraction: float = 0.9  # share of a rank's free device memory the planner may use
+    # What the planner may change, in this order, when the run does not fit: amp, batch, imgsz, model.
+    allow_downgrade: list[str] = field(default_factory=lambda: ["amp", "batch"])
+    oom_retries: int = 3  # times a mid-run OOM may halve the micro-batch before the run fails
+    multi_scale: list[float] = field(default_factory=list)  # e.g. [0.5, 1.5]: random imgsz per batch
+    # Progressive resize: [[first epoch, imgsz], ...], e.g. [[0, 320], [10, 640]]; empty = data.imgsz throughout.
+    imgsz_schedule: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1.")
-        _check(self.batch >= 1, "train.batch", "is the global batch and must be >= 1.")
+        _check(self.batch == "auto" or (isinstance(self.batch, int) and not isinstance(self.batch, bool)
+                                        and self.batch >= 1), "train.batch",
+               f"got {self.batch!r}; use the global batch (an integer >= 1) or auto.")
+        _check(0 < self.memory_fraction <= 1, "train.memory_fraction", "must be in (0, 1].")
+        _check(set(self.allow_downgrade) <= {"amp", "batch", "imgsz", "model"}, "train.allow_downgrade",
+               f"got {list(self.allow_downgrade)}; choose from amp, batch, imgsz, model.")
+        _check(self.oom_retries >= 0, "train.oom_retries", "must be >= 0.")
+        _check(not self.multi_scale or (len(self.multi_scale) == 2 and 0 < self.multi_scale[0] <= 1 <= self.multi_scale[1]),
+               "train.multi_scale", f"got {list(self.multi_scale)}; use [low, high] around 1, e.g. [0.5, 1.5], or [].")
+        _check(all(len(p) == 2 and p[0] >= 0 and p[1] >= 32 and p[1] % 32 == 0 for p in self.imgsz_schedule),
+               "train.imgsz_schedule", f"got {self.imgsz_schedule}; use [[first epoch, imgsz], ...] with imgsz a "
+               "multiple of 32, e.g. [[0,320],[10,640]].")
         _check(self.nbs >= 1, "train.nbs", "must be >= 1.")
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"choose one of {OPTIMIZERS}.")
         _check(self.amp in AMP_MODES, "train.amp", f"got '{self.amp}'; choose one of {AMP_MODES}.")
@@ -152,10 +173,30 @@ class LauncherConfig:
         _check(self.max_restarts >= 0, "launcher.max_restarts", "must be >= 0.")
 
 
+LOGGERS = ("auto", "wandb", "csv", "none")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
 @dataclass
 class LoggerConfig:
-    name: str = "csv"
-    log_every_steps: int = 10
+    """Where rank 0 reports (yolo_ddp.logging). metrics.csv, steps.csv and results.png are always written."""
+
+    name: str = "auto"  # auto: wandb when the package is importable, else csv; none: local files only
+    log_every_steps: int = 10  # optimizer steps between steps.csv rows / W&B step metrics
+    project: str = "yolo-ddp"
+    entity: str = ""  # W&B team or user; empty: the key's default entity
+    tags: list[str] = field(default_factory=list)
+    run_name: str = ""  # empty: the swept overrides in a multirun (batch=16,imgsz=640), else name + run dir
+    group: str = ""  # empty: the sweep id in a multirun, so a sweep's jobs share one W&B group
+    mode: str = "auto"  # auto: online with an API key (WANDB_API_KEY or `wandb login`), else offline
+    log_model: bool = False  # upload last.pt/best.pt as a W&B model artifact when the run ends
+    val_images: int = 4  # validation images with predicted and true boxes logged per validated epoch
+
+    def __post_init__(self) -> None:
+        _check(self.name in LOGGERS, "logger", f"got '{self.name}'; choose one of {LOGGERS} (logger=wandb).")
+        _check(self.mode in WANDB_MODES, "logger.mode", f"got '{self.mode}'; choose one of {WANDB_MODES}.")
+        _check(self.log_every_steps >= 1, "logger.log_every_steps", "must be >= 1.")
+        _check(self.val_images >= 0, "logger.val_images", "must be >= 0 (0 = no images).")
 
 
 @dataclass
@@ -206,3 +247,4 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     name: str = "run"
     run_dir: str = "."  # set by the launcher to the job's Hydra output dir
+    plan: bool = False  # print the memory/run plan and exit without training

@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from yolo_ddp import dist
 from yolo_ddp.config import TrainConfig
-from yolo_ddp.log import NullWriter
+from yolo_ddp.logging import NullWriter, StepWindow, peak_memory_gib
+from yolo_ddp.memory.oom import OOMGuard, split_batch
+from yolo_ddp.memory.run import STRIDE
 from yolo_ddp.optim import warmup_momentum
 from yolo_ddp.plan import RunPlan
+from yolo_ddp.sync_bn import has_collective_norm
 
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
 
@@ -90,39 +94,114 @@ def optimizer_step(s: TrainState, ctx: StepContext) -> None:
         s.ema.update(s.raw)
 
 
-def train_one_epoch(s: TrainState, batches: Iterator[dict], ctx: StepContext, writer: NullWriter) -> dict[str, float]:
-    """One epoch from `batches`, a run-long stream (the loader prefetches across epoch boundaries)."""
-    plan, device = ctx.plan, ctx.device
-    s.model.train()
-    micro_steps = plan.steps_per_epoch * plan.accumulate  # the same on every rank: no one waits at the end
+def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext, guard: OOMGuard) -> torch.Tensor | None:
+    """Accumulate one optimizer step's gradients over `batches`, each cut into `guard.splits` micro-batches.
+
+    Returns the summed loss items, or None when some rank ran out of memory (every rank returns None then;
+    see yolo_ddp/memory/oom.py for where the ranks agree and why).
+    """
+    device, world, ddp = ctx.device, ctx.plan.world_size, isinstance(s.model, DDP)
     autocast = torch.autocast(device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else nullcontext()
+    micro = [m for b in batches for m in split_batch(b, guard.splits)]
     loss_sum = torch.zeros(len(LOSS_NAMES), device=device)
-    images, t0 = 0, time.perf_counter()
-    bar = writer.progress(itertools.islice(batches, micro_steps), total=micro_steps,
-                          desc=f"epoch {s.epoch + 1}/{plan.epochs}")
-    for i, batch in enumerate(bar):
-        final_micro_step = (i + 1) % plan.accumulate == 0
-        img = batch["img"].to(device, non_blocking=True).float() / 255
-        targets = {k: batch[k].to(device, non_blocking=True) for k in ("batch_idx", "cls", "bboxes")}
-        sync = nullcontext() if final_micro_step or not isinstance(s.model, DDP) else s.model.no_sync()
-        with sync:
-            with autocast:
-                loss, items = s.criterion(s.model(img), targets)
-            s.scaler.scale(loss.sum() * plan.world_size).backward()
+    for i, mb in enumerate(micro):
+        final = i == len(micro) - 1  # only the last micro-step all-reduces gradients
+        img = resize_for_step(mb["img"].to(device, non_blocking=True).float() / 255, ctx, s)
+        targets = {k: mb[k].to(device, non_blocking=True) for k in ("batch_idx", "cls", "bboxes")}
+        with nullcontext() if final or not ddp else s.model.no_sync():
+            loss = items = None
+            try:
+                with autocast:
+                    loss, items = s.criterion(s.model(img), targets)
+            except torch.OutOfMemoryError:
+                guard.refuse_if_collective_forward(ddp and has_collective_norm(s.raw), s.step, ctx.plan.batch_per_rank)
+            if guard.agreed(loss is None):  # no gradient all-reduce is in flight yet
+                if final and ddp:  # this forward armed DDP's reducer: every rank must finish one backward
+                    drain_reducer(s.model, loss, img)
+                return None
+            try:
+                s.scaler.scale(loss.sum() * world).backward()
+            except torch.OutOfMemoryError:
+                if final and ddp:
+                    guard.fail_in_sync(s.step, ctx.plan.batch_per_rank)
+                loss = None
+            if (not final or not ddp) and guard.agreed(loss is None):
+                return None
         loss_sum += torch.stack([items[k] for k in items])[: len(LOSS_NAMES)].detach()
-        images += len(img)
-        if final_micro_step:
-            optimizer_step(s, ctx)
-            if s.step % ctx.log_every_steps == 0:  # same step on every rank: the mean is a collective
-                mean = dist.all_reduce_mean(loss_sum / (i + 1)).tolist()
-                writer.update_progress(bar, {**dict(zip(LOSS_NAMES, mean, strict=True)),
-                                             "lr": s.optimizer.param_groups[0]["lr"],
-                                             "img/s": images * plan.world_size / (time.perf_counter() - t0),
-                                             **_memory()})
+    return loss_sum / len(micro) * len(batches)  # mean per loader batch, whatever the split
+
+
+def drain_reducer(model: DDP, loss: torch.Tensor | None, img: torch.Tensor) -> None:
+    """Complete the armed synchronising backward with zero gradients, so DDP's reducer is idle again.
+
+    A rank whose forward succeeded back-propagates its loss times zero; a rank that ran out of memory joins
+    with a one-image 64 px forward. Both all-reduce the same buckets; the step's gradients are dropped after.
+    """
+    if loss is None:
+        out = model(torch.zeros(1, *img.shape[1:2], 64, 64, device=img.device))  # 64: BN needs >1 value at P5
+        loss = sum(t.float().sum() for t in _tensors(out))
+    (loss.sum() * 0).backward()
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out
+    return [t for x in items for t in _tensors(x)]
+
+
+def train_one_epoch(s: TrainState, batches: Iterator[dict], ctx: StepContext, writer: NullWriter,
+                    guard: OOMGuard) -> dict[str, float]:
+    """One epoch from `batches`, a run-long stream (the loader prefetches across epoch boundaries)."""
+    plan = ctx.plan
+    s.model.train()
+    loss_sum = torch.zeros(len(LOSS_NAMES), device=ctx.device)
+    images, t0, window = 0, time.perf_counter(), StepWindow()
+    bar = writer.progress(range(plan.steps_per_epoch), total=plan.steps_per_epoch,
+                          desc=f"epoch {s.epoch + 1}/{plan.epochs}")
+    for n in bar:
+        step_batches = list(itertools.islice(batches, plan.accumulate))  # kept until the step succeeds
+        window.data_ready(sum(len(b["img"]) for b in step_batches))
+        while (items := forward_backward(s, step_batches, ctx, guard)) is None:
+            s.optimizer.zero_grad(set_to_none=True)  # drop the partial step's gradients
+            guard.recover(s.step, plan.batch_per_rank, "forward/backward")
+        optimizer_step(s, ctx)
+        window.step_done()
+        loss_sum += items
+        images += sum(len(b["img"]) for b in step_batches)
+        if s.step % ctx.log_every_steps == 0:  # same step on every rank: the mean is a collective
+            mean = dist.all_reduce_mean(loss_sum / ((n + 1) * plan.accumulate)).tolist()
+            writer.update_progress(bar, {**dict(zip(LOSS_NAMES, mean, strict=True)),
+                                         "lr": s.optimizer.param_groups[0]["lr"],
+                                         "img/s": images * plan.world_size / (time.perf_counter() - t0),
+                                         **_memory()})
+            writer.step_row(s.step, {**dict(zip(LOSS_NAMES, mean, strict=True)), "lr": s.optimizer.param_groups[0]["lr"],
+                                     "amp_scale": s.scaler.get_scale(), "epoch": s.epoch + (n + 1) / plan.steps_per_epoch},
+                            dist.gather_objects(window.collect(ctx.device)))  # per-rank stats, to rank 0
     elapsed = time.perf_counter() - t0
-    mean = dist.all_reduce_mean(loss_sum / max(micro_steps, 1)).tolist()
-    return {**dict(zip(LOSS_NAMES, mean, strict=True)), "img_per_s": images * plan.world_size / elapsed, "epoch_time_s": elapsed,
-            "lr": s.optimizer.param_groups[0]["lr"]}
+    peak = dist.all_reduce_max(torch.tensor([peak_memory_gib(ctx.device)], device=ctx.device)).item()
+    mean = dist.all_reduce_mean(loss_sum / max(plan.steps_per_epoch * plan.accumulate, 1)).tolist()
+    return {**dict(zip(LOSS_NAMES, mean, strict=True)), "img_per_s": images * plan.world_size / elapsed,
+            "epoch_time_s": elapsed, "lr": s.optimizer.param_groups[0]["lr"], "micro_batch_splits": guard.splits,
+            "peak_mem_gib": peak}
+
+
+def resize_for_step(img: torch.Tensor, ctx: StepContext, s: TrainState) -> torch.Tensor:
+    """Progressive resize (`train.imgsz_schedule`) and multi-scale (`train.multi_scale`), as Ultralytics does it:
+    resize the letterboxed batch; boxes are normalized, so they need no change. The size is drawn from
+    (seed, step), so every rank and every micro-batch of a step gets the same one without talking."""
+    size = img.shape[-1]
+    schedule = [imgsz for first, imgsz in sorted(ctx.train.imgsz_schedule) if first <= s.epoch]
+    if schedule:
+        size = schedule[-1]
+    if ctx.train.multi_scale:
+        lo, hi = ctx.train.multi_scale
+        g = torch.Generator().manual_seed(ctx.train.seed * 1_000_003 + s.step)
+        factor = lo + (hi - lo) * torch.rand(1, generator=g).item()
+        size = max(STRIDE, int(size * factor) // STRIDE * STRIDE)
+    if size == img.shape[-1]:
+        return img
+    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def _memory() -> dict[str, str]:

@@ -5,11 +5,12 @@ Order per epoch: train → validate (EMA weights) → checkpoint (rank 0, atomic
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from copy import deepcopy
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.evaluate import EvalResult, evaluate, make_scorer
-from yolo_ddp.log import make_writer, setup_rank_logging
+from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_rank_logging
 from yolo_ddp.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
+from yolo_ddp.memory import run as memory
+from yolo_ddp.memory.oom import OOMGuard, read_split_hint
 from yolo_ddp.model import build_model, loss_criterion
 from yolo_ddp.optim import build_optimizer, build_scheduler, choose_optimizer
 from yolo_ddp.plan import agree_amp_mode, make_plan
@@ -56,7 +59,7 @@ def _set_threads(cfg: Config, device: torch.device) -> None:
 def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     checkpoint.refuse_fresh_run_over(run_dir, cfg.train.resume)
-    writer = make_writer(rank, run_dir)
+    writer = make_writer(rank, run_dir, cfg.logger, asdict(cfg))  # rank 0 opens the job's one W&B run
     _set_threads(cfg, device)
     torch.manual_seed(cfg.train.seed)  # identical init everywhere; DDP also broadcasts rank 0's weights
 
@@ -66,6 +69,11 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
     val_index = build_index(spec.val, spec.nc, cache, "val")
 
     amp = agree_amp_mode(cfg.train.amp, device)
+    cfg = _resumed_batch(cfg, run_dir)
+    memory_plan = memory.plan_for_run(cfg, spec.names, device, world, amp)
+    cfg, amp = memory.apply(cfg, memory_plan, world), memory_plan.chosen.amp
+    writer.info(memory_plan.describe())
+    writer.write_text("memory_plan.json", json.dumps(memory_plan.as_dict(), indent=2))
     plan = make_plan(cfg.train, cfg.data.imgsz, world, amp, device.type, len(train_index))
     writer.info(f"world size {world} on {device.type}; data {spec.yaml_path} ({len(train_index)} train / "
                 f"{len(val_index)} val images, {spec.nc} classes)\n{plan.describe()}")
@@ -77,6 +85,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
     raw = raw.to(device)
     sync_plan = sync.plan_sync(cfg.sync, node, raw, cfg.data.imgsz, plan.batch_per_rank, device)
     writer.info(sync_plan.describe())
+    writer.run_info(collect_run_info(plan, sync_plan, node, device, memory_plan.as_dict()))  # a collective
     model = sync.wrap_ddp(raw, device, sync_plan, cfg.sync) if world > 1 else raw
 
     choice = choose_optimizer(cfg.train, spec.nc, plan.total_steps)
@@ -98,6 +107,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
                                             device, rank, world, start_epoch=state.epoch))
     val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
     scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
+    writer.watch_validation(ValPreview(val_index, spec.names, cfg.data.imgsz, scorer, cfg.logger.val_images))
     ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], warmup_steps, cfg.logger.log_every_steps)
     # Validate in fp16 when training uses AMP, as Ultralytics does: bf16's 8-bit mantissa would move
     # box corners by pixels at 640 px and bias mAP50-95.
@@ -105,11 +115,13 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
     train_args = {"task": "detect", "model": cfg.model.cfg, "data": str(spec.yaml_path), "imgsz": cfg.data.imgsz,
                   "epochs": cfg.train.epochs, "batch": cfg.train.batch, "nbs": cfg.train.nbs}
 
+    # A restart after an OOM in the synchronising backward resumes with the micro-batch split it recorded.
+    guard = OOMGuard(run_dir, cfg.train.oom_retries, read_split_hint(run_dir) if state.step else 1)
     result: EvalResult | None = None
     last_row: dict[str, Any] = {}
     start = time.perf_counter()
     while state.epoch < plan.epochs:
-        stats = train_one_epoch(state, train_batches, ctx, writer)
+        stats = train_one_epoch(state, train_batches, ctx, writer, guard)
         train_end_s = time.perf_counter() - start  # run clock at the end of this epoch's training part
         state.epoch += 1
         epoch_result = None
@@ -126,14 +138,26 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
                     "mAP50": epoch_result.map50 if epoch_result else "",
                     "mAP50-95": epoch_result.map50_95 if epoch_result else "",
                     "img_per_s": stats["img_per_s"], "epoch_time_s": stats["epoch_time_s"], "lr": stats["lr"],
-                    "train_end_s": train_end_s}
-        writer.epoch_row(last_row)
+                    "peak_mem_gib": stats["peak_mem_gib"], "train_end_s": train_end_s}
+        writer.epoch_row(last_row, epoch_result.per_class_ap50_95 if epoch_result else None,
+                         state.ema.ema if state.ema else raw)
         writer.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last_row.items()))
     dist.barrier()
     if result is not None:
         writer.info(f"done: {state.epoch} epochs, {state.step} optimizer steps; final mAP50={result.map50:.4f} "
                     f"mAP50-95={result.map50_95:.4f}; best.pt and last.pt in {run_dir}")
+    writer.close()
     return {**last_row, "world_size": world, "plan": plan.as_dict()}
+
+
+def _resumed_batch(cfg: Config, run_dir: Path) -> Config:
+    """batch=auto continues with the batch the run chose, so a resumed run keeps its plan and step count."""
+    last = run_dir / "last.pt"
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
+    if cfg.train.batch != "auto" or not (cfg.train.resume or restarted) or not last.exists():
+        return cfg
+    chosen = checkpoint.load_train_state(last)["config"]["train"]["batch"]
+    return replace(cfg, train=replace(cfg.train, batch=chosen))
 
 
 def _maybe_resume(cfg: Config, run_dir: Path, state: TrainState) -> None:

@@ -1,0 +1,34 @@
+"""`python -m launcher ... plan=true`: print what a run would use per rank and exit without training.
+
+Runs in the launching process on this node's first device (GPU 0, else the CPU), with the world size the
+job would have; nothing is written and no worker starts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from yolo_ddp.config import Config
+from yolo_ddp.data.spec import load_data_spec
+from yolo_ddp.data.synthetic import CLASS_NAMES
+from yolo_ddp.memory import run as memory
+from yolo_ddp.plan import local_amp_mode
+
+
+def describe_plan(cfg: Config, nproc_per_node: int) -> str:
+    world = nproc_per_node * cfg.launcher.nnodes
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    names = load_data_spec(cfg.data.path).names if cfg.data.path else dict(enumerate(CLASS_NAMES))
+    amp = local_amp_mode(cfg.train.amp, device)
+    mem = memory.plan_for_run(cfg, names, device, world, amp, local_ranks=nproc_per_node)
+    chosen = memory.apply(cfg, mem, world)
+    global_batch = chosen.train.batch
+    accumulate = max(round(cfg.train.nbs / global_batch), 1)
+    return "\n".join([
+        mem.describe(),
+        f"Run: {world} rank(s) ({nproc_per_node} per node x {cfg.launcher.nnodes} node(s)); global batch "
+        f"{global_batch} = {mem.chosen.batch_per_rank} per rank; accumulate {accumulate} -> effective batch "
+        f"{global_batch * accumulate} (nominal {cfg.train.nbs}); imgsz {chosen.data.imgsz}; model "
+        f"{chosen.model.cfg}; amp {mem.chosen.amp}",
+        "plan=true: nothing was trained.",
+    ])

@@ -1,0 +1,92 @@
+"""The memory plan for one run: budget from the device, probe on rank 0, the same decision on every rank."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import torch
+
+from yolo_ddp import dist
+from yolo_ddp.config import Config
+from yolo_ddp.memory.estimate import Estimate, estimate
+from yolo_ddp.memory.planner import Candidate, MemoryPlan, plan_memory
+from yolo_ddp.model import build_model
+from yolo_ddp.plan import local_amp_mode, split_global_batch
+
+STRIDE = 32
+
+
+def free_bytes(device: torch.device, local_ranks: int | None = None) -> int:
+    """Free memory this rank may count on: the GPU's free memory, or its share of the host's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    local_world = local_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return info["MemAvailable"] // local_world
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // local_world
+
+
+def largest_imgsz(cfg: Config) -> int:
+    """The biggest image a step will see: multi-scale's upper end and any progressive-resize stage."""
+    sizes = [cfg.data.imgsz, *(size for _, size in cfg.train.imgsz_schedule)]
+    if cfg.train.multi_scale:
+        sizes.append(max_scaled(cfg.data.imgsz, cfg.train.multi_scale[1]))
+    return max(sizes)
+
+
+def max_scaled(imgsz: int, factor: float) -> int:
+    return max(STRIDE, int(imgsz * factor) // STRIDE * STRIDE)
+
+
+def plan_for_run(cfg: Config, names: dict[int, str], device: torch.device, world: int, amp: str,
+                 local_ranks: int | None = None) -> MemoryPlan:
+    """Rank 0 probes and decides against the smallest budget of all ranks; every rank gets that decision."""
+    free = int(dist.all_reduce_min(float(free_bytes(device, local_ranks)), device))
+    budget = int(free * cfg.train.memory_fraction)
+    plan = None
+    if dist.get_rank() == 0:
+        plan = _decide(cfg, names, device, world, amp, free, budget)
+    return dist.broadcast_object(plan)
+
+
+def _decide(cfg: Config, names: dict[int, str], device: torch.device, world: int, amp: str, free: int,
+            budget: int) -> MemoryPlan:
+    probed = largest_imgsz(cfg)
+    cache: dict[tuple[str, str], Estimate] = {}
+
+    def estimate_for(model_cfg: str, imgsz: int, amp_mode: str) -> Estimate:
+        key = (model_cfg, amp_mode)
+        if key not in cache:
+            model = build_model(replace(cfg.model, cfg=model_cfg), names, cfg.train, probed).to(device)
+            cache[key] = estimate(model, probed, device, amp_mode, cfg.train.optimizer, world, cfg.train.ema)
+            del model
+        return cache[key].at_imgsz(imgsz) if imgsz != probed else cache[key]
+
+    auto = cfg.train.batch == "auto"
+    # batch=auto never grows the global batch past the nominal one: accumulation is what keeps nbs.
+    cap = max(1, cfg.train.nbs // world)
+    per_rank = cap if auto else split_global_batch(cfg.train.batch, world)
+    best_amp = "off" if cfg.train.amp == "off" and "amp" not in cfg.train.allow_downgrade else \
+        local_amp_mode("auto", device)
+    if device.type != "cuda":
+        best_amp = amp  # CPU autocast is slower than fp32; never switch it on as a memory fix there
+    start = Candidate(cfg.model.cfg, probed, amp, per_rank)
+    return plan_memory(start, auto, cap, budget, free, str(device), tuple(cfg.train.allow_downgrade), best_amp,
+                       estimate_for)
+
+
+def apply(cfg: Config, plan: MemoryPlan, world: int) -> Config:
+    """The config the run trains with: chosen global batch, model and base imgsz (scaled back from the probe)."""
+    c = plan.chosen
+    imgsz = cfg.data.imgsz
+    if c.imgsz != largest_imgsz(cfg):  # downgraded: shrink the base size by the same ladder step
+        imgsz = max(STRIDE, int(cfg.data.imgsz * c.imgsz / largest_imgsz(cfg)) // STRIDE * STRIDE)
+    schedule = [[e, min(s, imgsz)] for e, s in cfg.train.imgsz_schedule] if imgsz != cfg.data.imgsz else \
+        cfg.train.imgsz_schedule
+    return replace(cfg, data=replace(cfg.data, imgsz=imgsz), model=replace(cfg.model, cfg=c.model_cfg),
+                   train=replace(cfg.train, batch=c.batch_per_rank * world, imgsz_schedule=schedule))
