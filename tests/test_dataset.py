@@ -93,6 +93,8 @@ def test_txt_list(root: Path, tmp_path: Path) -> None:
     [
         ("train: images/train\nval: images/val\n", "'names'"),
         ("train: images/train\nnames: [a]\n", "'val'"),
+        ("val: images/val\nnames: [a]\n", "'train'"),
+        ("train: images/train\nval: images/val\nnames: []\n", "'names'"),
         ("train: images/nope\nval: images/val\nnames: [a]\n", "'train'"),
         ("train: images/train\nval: images/val\nnames: [a, b]\nnc: 3\n", "'nc'"),
         ("- just\n- a list\n", "mapping"),
@@ -127,11 +129,17 @@ def test_background_images_and_shapes(root: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "needle"),
     [
-        ("0 0.5 0.5 0.2", "expected 5 numbers"),
+        ("0 0.5 0.5 0.2", "expected 5 numbers, found 4"),
+        ("0 0.5 0.5 0.2 0.2 0.9", "expected 5 numbers, found 6"),
+        ("0 0.1 0.1 0.9 0.1 0.9 0.9 0.1 0.9", "Segmentation polygons"),
         ("2 0.5 0.5 0.2 0.2", "class id 2"),
+        ("-1 0.5 0.5 0.2 0.2", "class id -1"),
         ("0.5 0.5 0.5 0.2 0.2", "class id"),
         ("0 50 50 20 20", "not normalized"),
+        ("0 1.2 0.5 0.2 0.2", "not normalized"),
+        ("0 0.5 -0.3 0.2 0.2", "not normalized"),
         ("0 0.5 0.5 0 0.2", "must be > 0"),
+        ("0 0.5 0.5 0.2 -0.1", "must be > 0"),
         ("0 0.5 x 0.2 0.2", "non-number"),
     ],
 )
@@ -142,11 +150,41 @@ def test_bad_label_row_names_file_and_line(root: Path, tmp_path: Path, row: str,
     assert f"{lb}:2" in str(err.value)
 
 
-def test_duplicates_removed_and_counted(root: Path, tmp_path: Path) -> None:
+def test_bad_label_row_in_a_val_file_fails_too(root: Path, tmp_path: Path) -> None:
+    lb = write_label(root / "images/val/c.jpg", "0 0.5 0.5 0.2 0.2 1\n")
+    with pytest.raises(DataError, match="expected 5 numbers") as err:
+        index(root / "images/val", tmp_path, split="val")
+    assert f"{lb}:1" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_duplicates_removed_counted_and_reported(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_label(root / "images/train/a.jpg", "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n0 0.50 0.5 0.2 0.20\n")
-    idx = index(root / "images/train", tmp_path)
+    with caplog.at_level(logging.WARNING, logger=dataset_mod.__name__):
+        idx = index(root / "images/train", tmp_path)
     assert idx.duplicates_removed == 1
     assert idx.labels_for(0)[:, 0].tolist() == [0, 1]
+    assert any("removed 1 duplicate label row" in r.getMessage() for r in caplog.records)
+
+
+def test_non_image_files_are_ignored_and_reported(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    train = root / "images/train"
+    (train / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")  # a label beside its image instead of in labels/
+    (train / "notes.pdf").write_bytes(b"%PDF-1.4")
+    (train / ".DS_Store").write_bytes(b"\0")  # hidden OS files are not worth a warning
+    (root / "list.txt").write_text("images/train/a.jpg\nimages/train/notes.pdf\n")
+    with caplog.at_level(logging.WARNING, logger=dataset_mod.__name__):
+        idx = index(train, tmp_path)
+        listed = index(root / "list.txt", tmp_path, split="listed")
+    assert [Path(f).name for f in idx.im_files] == ["a.jpg", "b.png"] and idx.skipped == []
+    assert [Path(f).name for f in listed.im_files] == ["a.jpg"]
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 2 and "ignored 2 file(s) that are not images" in messages[0]
+    assert str(train / "a.txt") in messages[0] and ".DS_Store" not in messages[0]
+    assert f"{root / 'list.txt'}:2" in messages[1]
 
 
 def test_corrupt_images_skipped_and_listed(

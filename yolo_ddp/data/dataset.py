@@ -71,16 +71,21 @@ def _is_image(name: str) -> bool:
     return name.rpartition(".")[-1].lower() in IMG_FORMATS
 
 
-def _list_images(sources: list[Path]) -> list[str]:
+def _list_images(sources: list[Path]) -> tuple[list[str], list[str]]:
+    """Image files by extension, and the other files found (reported, not indexed: label .txt files
+    sitting beside their images would otherwise turn every image into a silent background)."""
     files: list[str] = []
+    ignored: list[str] = []
     for src in map(Path, sources):
         if src.is_dir():
             for d, _, names in os.walk(src, followlinks=True):
                 files += [os.path.join(d, n) for n in names if _is_image(n)]
+                ignored += [os.path.join(d, n) for n in names if not _is_image(n) and not n.startswith(".")]
         elif src.is_file() and src.suffix.lower() == ".txt":
             # Relative lines resolve against the list's folder (Ultralytics writes './images/...' lists at the root).
-            lines = (s.strip() for s in src.read_text(encoding="utf-8-sig").splitlines())
+            lines = [s.strip() for s in src.read_text(encoding="utf-8-sig").splitlines()]
             files += [str(abspath_keep_links(s, src.parent)) for s in lines if s and _is_image(s)]
+            ignored += [f"{src}:{n}" for n, s in enumerate(lines, 1) if s and not _is_image(s)]
         elif src.is_file() and _is_image(src.name):
             files.append(str(src))
         else:
@@ -88,7 +93,7 @@ def _list_images(sources: list[Path]) -> list[str]:
                 f"Dataset source {src} is not an image folder, a .txt list of images or an image file "
                 f"({', '.join(sorted(IMG_FORMATS))}). Fix that train/val entry in data.yaml."
             )
-    return sorted(files)
+    return sorted(files), sorted(ignored)
 
 
 def _stat(f: str) -> tuple[int, int]:
@@ -142,8 +147,10 @@ def _read_labels(lb_file: str, nc: int) -> tuple[np.ndarray, int]:
             continue
         where, fmt = f"{lb_file}:{ln}", "YOLO detection labels are 'class cx cy w h' per line"
         if len(parts) != 5:
+            # More than 5 is usually a segmentation polygon; Ultralytics would silently turn it into its bbox.
+            hint = " Segmentation polygons need converting to boxes first." if len(parts) > 5 else ""
             raise DataError(
-                f"{where}: expected 5 numbers, found {len(parts)} in {line.strip()!r}; {fmt}. Fix that row."
+                f"{where}: expected 5 numbers, found {len(parts)} in {line.strip()!r}; {fmt}. Fix that row.{hint}"
             )
         try:
             c, *box = (float(x) for x in parts)
@@ -154,14 +161,15 @@ def _read_labels(lb_file: str, nc: int) -> tuple[np.ndarray, int]:
                 f"{where}: class id {parts[0]} is not an integer in [0, {nc}). Fix the id, or add the class to "
                 "'names' in data.yaml."
             )
+        # Size before range: a negative width is an empty box, not a scale mistake.
+        if not (box[2] > 0 and box[3] > 0):
+            raise DataError(
+                f"{where}: box width and height must be > 0, got {parts[3:]}. Fix or delete that row."
+            )
         if not all(math.isfinite(v) and -_TOL <= v <= 1 + _TOL for v in box):
             raise DataError(
                 f"{where}: box {parts[1:]} is not normalized to [0, 1]; {fmt} with coordinates divided by the image "
                 "width and height. Divide pixel coordinates by the image size."
-            )
-        if box[2] <= 0 or box[3] <= 0:
-            raise DataError(
-                f"{where}: box width and height must be > 0, got {parts[3:]}. Fix or delete that row."
             )
         row = (c, *(min(max(v, 0.0), 1.0) for v in box))
         if row in rows:
@@ -212,7 +220,7 @@ def _load(final: Path) -> DatasetIndex:
 
 def build_index(sources: list[Path], nc: int, cache_dir: Path, split: str) -> DatasetIndex:
     """Index a split; local rank 0 builds the cache when missing, then every rank memory-maps it."""
-    files = _list_images(sources)
+    files, ignored = _list_images(sources)
     if not files:
         raise DataError(
             f"No images ({', '.join(sorted(IMG_FORMATS))}) found for split '{split}' in "
@@ -235,11 +243,26 @@ def build_index(sources: list[Path], nc: int, cache_dir: Path, split: str) -> Da
             f"The '{split}' index cache {final} is missing: local rank 0 failed to build it; see its log."
         )
     index = _load(final)
-    if index.skipped and get_rank() == 0:
+    if get_rank() == 0:
+        _report(index, ignored, split)
+    return index
+
+
+def _report(index: DatasetIndex, ignored: list[str], split: str) -> None:
+    """What indexing left out or changed, once per job, with the fix."""
+    if ignored:
+        LOGGER.warning(
+            "%s: ignored %d file(s) that are not images (%s); first: %s. Labels belong in the parallel labels/ "
+            "folder; move other files out of the image folders to silence this warning.",
+            split, len(ignored), ", ".join(sorted(IMG_FORMATS)), "; ".join(ignored[:3]),
+        )
+    if index.skipped:
         LOGGER.warning(
             "%s: skipped %d corrupt or unreadable image(s); first: %s. Fix or delete them to silence this warning.",
-            split,
-            len(index.skipped),
-            "; ".join(index.skipped[:3]),
+            split, len(index.skipped), "; ".join(index.skipped[:3]),
         )
-    return index
+    if index.duplicates_removed:
+        LOGGER.warning(
+            "%s: removed %d duplicate label row(s) (same class and box twice in one file). Delete the repeated "
+            "rows to silence this warning.", split, index.duplicates_removed,
+        )
