@@ -25,6 +25,16 @@ def test_nominal_batch_is_kept_across_world_sizes(batch, world, accumulate):
     assert plan.steps_per_epoch == (10_000 // batch) // accumulate
 
 
+def test_global_batch_above_nominal_is_accepted_with_a_warning():
+    plan = make_plan(TrainConfig(batch=128, nbs=64), 640, 8, "off", "cpu", train_images=10_000)
+    assert plan.accumulate == 1 and plan.effective_batch == 128
+    assert plan.weight_decay == pytest.approx(5e-4 * 2)
+    [warning] = plan.warnings()
+    assert "train.batch=128" in warning and "train.nbs=64" in warning and "train.nbs=128" in warning
+    assert f"WARNING: {warning}" in plan.describe()
+    assert make_plan(TrainConfig(batch=64, nbs=64), 640, 8, "off", "cpu", 10_000).warnings() == []
+
+
 def test_accumulation_never_exceeds_an_epoch():
     plan = make_plan(TrainConfig(batch=8, nbs=64), 320, 2, "off", "cpu", train_images=24)
     assert plan.micro_batches_per_epoch == 3 and plan.accumulate == 3 and plan.steps_per_epoch == 1

@@ -42,9 +42,20 @@ class RunPlan:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def warnings(self) -> list[str]:
+        # Accepted as Ultralytics does (a big global batch on many GPUs is common), but never silently:
+        # the nominal batch is what the README promises stays constant, and here it cannot.
+        if self.global_batch <= self.nominal_batch:
+            return []
+        return [f"train.batch={self.global_batch} (global) is above the nominal batch train.nbs={self.nominal_batch}: "
+                f"nothing accumulates, each optimizer step sees {self.effective_batch} images and weight decay is "
+                f"scaled by {self.effective_batch / self.nominal_batch:.3g}, as Ultralytics does. Pass "
+                f"train.nbs={self.global_batch} to make that the nominal batch, or lower train.batch to "
+                f"{self.nominal_batch} or less to keep it."]
+
     def describe(self) -> str:
         rows = [f"  {k:<24} {v}" for k, v in self.as_dict().items()]
-        return "Run plan\n" + "\n".join(rows)
+        return "Run plan\n" + "\n".join(rows + [f"  WARNING: {w}" for w in self.warnings()])
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2)
