@@ -41,6 +41,24 @@ def under_elastic_agent() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
 
 
+def check_devices(backend: str, procs_per_node: int) -> None:
+    """Refuse what this node's devices cannot run, before a process group (or a worker) starts: NCCL without
+    a GPU fails deep inside init with a C++ message, and a second rank on one GPU only at its first collective."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if backend == "nccl" and not gpus:
+        raise ValueError(
+            "Config key 'dist.backend': dist.backend=nccl needs CUDA GPUs, but none is visible on this node "
+            "(torch.cuda.is_available() is False). Use dist.backend=auto (gloo on CPU) or dist.backend=gloo, or run "
+            "where GPUs are visible (check CUDA_VISIBLE_DEVICES and nvidia-smi)."
+        )
+    if gpus and procs_per_node > gpus:
+        raise ValueError(
+            f"Config key 'launcher.nproc_per_node': {procs_per_node} processes on this node but {gpus} GPU(s) "
+            f"visible, and every rank needs a GPU of its own. Start at most {gpus} (launcher.nproc_per_node=auto "
+            f"or {gpus}, torchrun --nproc_per_node={gpus}), or set CUDA_VISIBLE_DEVICES='' to train on CPU with gloo."
+        )
+
+
 def pick_device(local_rank: int) -> torch.device:
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
@@ -60,6 +78,7 @@ def init_process_group(timeout_s: float, backend: str = "auto") -> torch.device:
 
     NCCL on CUDA, gloo otherwise. A single process without an agent runs without a group.
     """
+    check_devices(backend, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     device = pick_device(get_local_rank())
     if under_elastic_agent() and not is_dist():
         if backend == "auto":
