@@ -22,11 +22,12 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from launcher.errors import exit_on_user_error
 from launcher.run_id import register_resolvers, run_id
 from launcher.store import register_configs
-from yolo_ddp.checkpoint import load_train_state, refuse_fresh_run_over
+from yolo_ddp import resume
+from yolo_ddp.checkpoint import refuse_fresh_run_over
 from yolo_ddp.config import Config
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
-from yolo_ddp.dist import get_rank, under_elastic_agent
+from yolo_ddp.dist import check_devices, get_rank, under_elastic_agent
 from yolo_ddp.plan import split_global_batch
 
 log = logging.getLogger("launcher")
@@ -65,15 +66,15 @@ def spawn_job(cfg: DictConfig) -> dict:
         return {}
     run_dir = Path(typed.run_dir)
     refuse_fresh_run_over(run_dir, typed.train.resume)  # before this process writes anything there
+    resume.load(typed.train.resume, run_dir)  # a missing or unreadable checkpoint: exit 2, run dir as it was
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True,
                         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "launcher.log")])
     # Input the parent can check fails here, once, instead of in every worker.
     if typed.data.path:
         load_data_spec(resolve_data_yaml(typed.data))
-    if typed.train.resume:
-        load_train_state(run_dir / "last.pt")
     nproc = resolve_nproc(typed.launcher.nproc_per_node)
+    check_devices(typed.dist.backend, nproc)  # before any worker starts, not once per rank
     label = _job_label()
     try:  # refuse a batch that cannot split before any worker starts
         if typed.train.batch != "auto":

@@ -18,8 +18,11 @@ import time
 from datetime import datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
+
+from yolo_ddp.resume import run_dir_for
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -54,9 +57,12 @@ def run_id() -> str:
     return rdzv_id  # a user-given --rdzv-id: the one name every node shares
 
 
-def hydra_output_subdir() -> str | None:
-    """`.hydra/` is written by rank 0 only."""
-    return ".hydra" if int(os.environ.get("RANK", 0)) == 0 else None
+def hydra_output_subdir(resume: Any = False) -> str | None:
+    """`.hydra/` is written by rank 0 only; a resumed run records its config in `.hydra/resumed/`, so the
+    run's original config is kept (and a resume that fails on a bad checkpoint overwrites nothing)."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return None
+    return ".hydra/resumed" if resume else ".hydra"
 
 
 def register_resolvers() -> None:
@@ -65,6 +71,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("yolo_ddp_run_id"):
         OmegaConf.register_new_resolver("yolo_ddp_run_id", run_id)
         OmegaConf.register_new_resolver("yolo_ddp_hydra_subdir", hydra_output_subdir)
+        OmegaConf.register_new_resolver("yolo_ddp_run_dir", run_dir_for)  # train.resume=PATH: that run's dir
     if not OmegaConf.has_resolver("yolo_ddp_sweep_group"):  # W&B group and run name (conf/logger/wandb.yaml)
         OmegaConf.register_new_resolver("yolo_ddp_sweep_group", sweep_group)
         OmegaConf.register_new_resolver("yolo_ddp_job_name", job_name)

@@ -63,7 +63,30 @@ def test_resume_from_corrupt_checkpoint_keeps_it(tmp_path):
     (run_dir / "last.pt").write_bytes(b"not a checkpoint")
     proc = launch("train.resume=true", f"hydra.run.dir={run_dir}", tmp=tmp_path)
     assert_clean_error(proc, "last.pt", "cannot be read")
+    assert proc.returncode == 2
     assert (run_dir / "last.pt").read_bytes() == b"not a checkpoint"
+    assert not (run_dir / "launcher.log").exists() and not (run_dir / ".hydra/config.yaml").exists()
+
+
+def test_resume_from_a_missing_path(tmp_path):
+    proc = launch(f"train.resume={tmp_path / 'gone' / 'last.pt'}", tmp=tmp_path)
+    assert_clean_error(proc, "'train.resume'", "gone/last.pt does not exist")
+    assert proc.returncode == 2 and not (tmp_path / "gone").exists()
+
+
+def test_nccl_without_a_gpu_is_refused_before_workers_start(tmp_path):
+    proc = launch("dist.backend=nccl", tmp=tmp_path)
+    assert_clean_error(proc, "dist.backend=nccl needs CUDA GPUs", "dist.backend=auto")
+    assert proc.returncode == 2 and not list((tmp_path / "out").rglob("rank*.log"))
+
+
+def test_nccl_without_a_gpu_under_torchrun(tmp_path):
+    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": "", "YOLO_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "launcher",
+                           "+experiment=pcb_defects", "dist.backend=nccl"],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    assert "error: Config key 'dist.backend': dist.backend=nccl needs CUDA GPUs" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_missing_local_weights(tmp_path):
