@@ -68,7 +68,7 @@ def test_wrong_type_fails_at_compose():
      ("launcher.nproc_per_node=two", "launcher.nproc_per_node"), ("model.cfg=yolov8n.pt", "model.cfg"),
      ("data.backend=opencv", "data.backend"), ("data.mosaic=1.5", "data.mosaic"),
      ("data.close_mosaic=-1", "data.close_mosaic"), ("data.dali.prefetch=0", "data.dali.prefetch"),
-     ("train.batch=0", "train.batch"), ("train.allow_downgrade=[vram]", "train.allow_downgrade"),
+     ("train.batch=0", "train.batch"), ("train.batch=-8", "train.batch"), ("train.allow_downgrade=[vram]", "train.allow_downgrade"),
      ("train.multi_scale=[2,3]", "train.multi_scale"), ("train.imgsz_schedule=[[0,300]]", "train.imgsz_schedule"),
      ("train.memory_fraction=0", "train.memory_fraction")],
 )
