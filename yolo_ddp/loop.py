@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,13 +151,19 @@ def _tensors(out) -> list[torch.Tensor]:
 
 
 def train_one_epoch(s: TrainState, batches: Iterator[dict], ctx: StepContext, writer: NullWriter,
-                    guard: OOMGuard) -> dict[str, float]:
-    """One epoch from `batches`, a run-long stream (the loader prefetches across epoch boundaries)."""
+                    guard: OOMGuard, after_step: Callable[[TrainState], bool] | None = None) -> dict[str, float]:
+    """One epoch from `batches`, a run-long stream (the loader prefetches across epoch boundaries).
+
+    Starts after the steps a mid-epoch checkpoint already holds. `after_step` (periodic checkpoints, stop
+    requests) runs after every optimizer step on every rank; when it returns True the epoch ends early
+    and the result says `stopped`.
+    """
     plan = ctx.plan
     s.model.train()
+    first = s.step - s.epoch * plan.steps_per_epoch  # > 0 only when resuming from a mid-epoch checkpoint
     loss_sum = torch.zeros(len(LOSS_NAMES), device=ctx.device)
-    images, t0, window = 0, time.perf_counter(), StepWindow()
-    bar = writer.progress(range(plan.steps_per_epoch), total=plan.steps_per_epoch,
+    images, t0, window, stopped, done = 0, time.perf_counter(), StepWindow(), False, 0
+    bar = writer.progress(range(first, plan.steps_per_epoch), total=plan.steps_per_epoch - first,
                           desc=f"epoch {s.epoch + 1}/{plan.epochs}")
     for n in bar:
         step_batches = list(itertools.islice(batches, plan.accumulate))  # kept until the step succeeds
@@ -169,8 +175,9 @@ def train_one_epoch(s: TrainState, batches: Iterator[dict], ctx: StepContext, wr
         window.step_done()
         loss_sum += items
         images += sum(len(b["img"]) for b in step_batches)
+        done = n + 1 - first
         if s.step % ctx.log_every_steps == 0:  # same step on every rank: the mean is a collective
-            mean = dist.all_reduce_mean(loss_sum / ((n + 1) * plan.accumulate)).tolist()
+            mean = dist.all_reduce_mean(loss_sum / (done * plan.accumulate)).tolist()
             writer.update_progress(bar, {**dict(zip(LOSS_NAMES, mean, strict=True)),
                                          "lr": s.optimizer.param_groups[0]["lr"],
                                          "img/s": images * plan.world_size / (time.perf_counter() - t0),
@@ -178,10 +185,14 @@ def train_one_epoch(s: TrainState, batches: Iterator[dict], ctx: StepContext, wr
             writer.step_row(s.step, {**dict(zip(LOSS_NAMES, mean, strict=True)), "lr": s.optimizer.param_groups[0]["lr"],
                                      "amp_scale": s.scaler.get_scale(), "epoch": s.epoch + (n + 1) / plan.steps_per_epoch},
                             dist.gather_objects(window.collect(ctx.device)))  # per-rank stats, to rank 0
+        if after_step is not None and after_step(s):
+            stopped = True
+            break
     elapsed = time.perf_counter() - t0
     peak = dist.all_reduce_max(torch.tensor([peak_memory_gib(ctx.device)], device=ctx.device)).item()
-    mean = dist.all_reduce_mean(loss_sum / max(plan.steps_per_epoch * plan.accumulate, 1)).tolist()
+    mean = dist.all_reduce_mean(loss_sum / max(done * plan.accumulate, 1)).tolist()
     return {**dict(zip(LOSS_NAMES, mean, strict=True)), "img_per_s": images * plan.world_size / elapsed,
+            "stopped": stopped,
             "epoch_time_s": elapsed, "lr": s.optimizer.param_groups[0]["lr"], "micro_batch_splits": guard.splits,
             "peak_mem_gib": peak}
 

@@ -126,29 +126,30 @@ class DaliTrainStream:
     """
 
     def __init__(self, index: DatasetIndex, imgsz: int, batch: int, batches_per_epoch: int, rank: int, world: int,
-                 seed: int, augment: Augment, settings: DaliSettings, mosaic_until: int, start_epoch: int = 0) -> None:
+                 seed: int, augment: Augment, settings: DaliSettings, mosaic_until: int, start_epoch: int = 0,
+                 start_batch: int = 0) -> None:
         self.index, self.imgsz, self.batch, self.batches_per_epoch = index, imgsz, batch, batches_per_epoch
         self.rank, self.world, self.seed, self.augment, self.settings = rank, world, seed, augment, settings
-        self.mosaic_until, self.start_epoch = mosaic_until, start_epoch
+        self.mosaic_until, self.start_epoch, self.start_batch = mosaic_until, start_epoch, start_batch
         TrainSource(index, imgsz, batch * batches_per_epoch, rank, world, seed, augment, 1)  # fail early if too small
 
-    def _open(self, tiles: int, epoch: int) -> DALIGenericIterator:
+    def _open(self, tiles: int, epoch: int, skip_batches: int) -> DALIGenericIterator:
         source = TrainSource(self.index, self.imgsz, self.batch * self.batches_per_epoch, self.rank, self.world,
-                             self.seed, self.augment, tiles, start_epoch=epoch)
+                             self.seed, self.augment, tiles, start_epoch=epoch, skip=skip_batches * self.batch)
         return _iterator(_pipeline(source, tiles, self.batch, self.settings, self.augment, train=True), train=True)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch, tiles, it = self.start_epoch, 0, None
+        epoch, tiles, it, skip = self.start_epoch, 0, None, self.start_batch
         while True:
             want = 4 if self.augment.mosaic > 0 and epoch < self.mosaic_until else 1
             if want != tiles:
                 if it is not None:
                     log.info("epoch %d: mosaic off for the last epochs (close_mosaic)", epoch + 1)
                 tiles, it = want, None  # drop the old pipeline (and its prefetched batches) first
-                it = self._open(tiles, epoch)
-            for _ in range(self.batches_per_epoch):
+                it = self._open(tiles, epoch, skip)
+            for _ in range(self.batches_per_epoch - skip):
                 yield to_batch(next(it)[0], self.index, self.imgsz)
-            epoch += 1
+            epoch, skip = epoch + 1, 0
 
 
 class DaliValLoader:

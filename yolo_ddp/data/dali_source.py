@@ -167,13 +167,14 @@ class TrainSource:
     labels, flip, hue, saturation, value, index."""
 
     def __init__(self, index: DatasetIndex, imgsz: int, per_epoch: int, rank: int, world: int, seed: int,
-                 augment: Augment, tiles: int, start_epoch: int = 0) -> None:
+                 augment: Augment, tiles: int, start_epoch: int = 0, skip: int = 0) -> None:
         shard = len(index) // world
         if not 0 < per_epoch <= shard:
             raise ValueError(f"{per_epoch} samples per epoch per rank, but this rank's shard holds {shard}: lower "
                              "the batch size or add images.")
         self.index, self.imgsz, self.per_epoch, self.rank, self.world = index, imgsz, per_epoch, rank, world
         self.seed, self.augment, self.tiles, self.start_epoch = seed, augment, tiles, start_epoch
+        self.skip = skip  # samples of `start_epoch` already trained (mid-epoch resume)
         self._shards: dict[int, np.ndarray] = {}  # the current epoch's shard (samples arrive in order)
 
     def shard(self, epoch: int) -> np.ndarray:
@@ -183,7 +184,8 @@ class TrainSource:
         return self._shards[epoch]
 
     def epoch_of(self, sample_idx: int) -> tuple[int, int]:
-        return self.start_epoch + sample_idx // self.per_epoch, sample_idx % self.per_epoch
+        g = sample_idx + self.skip
+        return self.start_epoch + g // self.per_epoch, g % self.per_epoch
 
     def sample(self, sample_idx: int) -> tuple[list[Tile], np.ndarray, bool, tuple[float, float, float], int]:
         """Tiles, label rows, flip, (hue degrees, saturation gain, value gain) and the main image's index."""

@@ -58,21 +58,24 @@ def _dali_settings(data: DataConfig, device: torch.device):
 
 def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
                        batches_per_epoch: int, epochs: int, seed: int, device: torch.device, rank: int, world: int,
-                       start_epoch: int = 0) -> Iterable[dict[str, Any]]:
-    """Endless batches, exactly `batches_per_epoch` per epoch on every rank, starting at `start_epoch`."""
+                       start_epoch: int = 0, start_batch: int = 0) -> Iterable[dict[str, Any]]:
+    """Endless batches, exactly `batches_per_epoch` per epoch on every rank, from batch `start_batch` of
+    epoch `start_epoch` on (a resume from a mid-epoch checkpoint)."""
     if backend == "dali":
         from yolo_ddp.data.dali import DaliTrainStream
 
         return DaliTrainStream(index, data.imgsz, batch_per_rank, batches_per_epoch, rank, world, seed,
                                _augment(data, mosaic=True), _dali_settings(data, device),
-                               mosaic_until=max(0, epochs - data.close_mosaic), start_epoch=start_epoch)
+                               mosaic_until=max(0, epochs - data.close_mosaic), start_epoch=start_epoch,
+                               start_batch=start_batch)
     from yolo_ddp.data.torch_loader import build_loader
 
     aug = {"hsv_h": data.hsv_h, "hsv_s": data.hsv_s, "hsv_v": data.hsv_v, "fliplr": data.fliplr,
            "mosaic": data.mosaic, "scale": data.scale}
     return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=True, seed=seed, augment=aug,
                         pin_memory=device.type == "cuda", start_epoch=start_epoch,
-                        batches_per_epoch=batches_per_epoch, mosaic_until=max(0, epochs - data.close_mosaic))
+                        batches_per_epoch=batches_per_epoch, mosaic_until=max(0, epochs - data.close_mosaic),
+                        start_batch=start_batch)
 
 
 def build_val_loader(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,

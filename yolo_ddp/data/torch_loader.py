@@ -177,7 +177,7 @@ class EpochStreamSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, batch_per_rank: int, batches_per_epoch: int, rank: int, world_size: int,
-                 seed: int = 0, start_epoch: int = 0) -> None:
+                 seed: int = 0, start_epoch: int = 0, start_batch: int = 0) -> None:
         self.inner = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                         drop_last=True)
         self.per_epoch = batches_per_epoch * batch_per_rank
@@ -187,13 +187,14 @@ class EpochStreamSampler(Sampler[int]):
                 f"this rank's shard has {len(self.inner)}. Lower the batch size or add images."
             )
         self.start_epoch = start_epoch
+        self.skip = start_batch * batch_per_rank  # a mid-epoch resume continues after the batches already trained
 
     def __iter__(self):
-        epoch = self.start_epoch
+        epoch, skip = self.start_epoch, self.skip
         while True:
             self.inner.set_epoch(epoch)
-            yield from ((i, epoch) for i in itertools.islice(iter(self.inner), self.per_epoch))
-            epoch += 1
+            yield from ((i, epoch) for i in itertools.islice(iter(self.inner), skip, self.per_epoch))
+            epoch, skip = epoch + 1, 0
 
 
 def _hyp(augment: dict[str, Any] | None) -> dict[str, float]:
@@ -217,6 +218,7 @@ def build_loader(
     batches_per_epoch: int | None = None,
     start_epoch: int = 0,
     mosaic_until: int = 0,
+    start_batch: int = 0,
 ) -> DataLoader:
     """Train: an endless stream of shuffled DDP shards, `batches_per_epoch` full batches per epoch (default:
     every full batch of the shard), starting at `start_epoch` (resume). Val: every image once, never augmented.
@@ -237,7 +239,7 @@ def build_loader(
                 f"{world} ranks) after dropping the remainder. Lower the batch size or add images."
             )
         sampler = EpochStreamSampler(len(dataset), batch_per_rank, batches_per_epoch or per_rank // batch_per_rank,
-                                     rank, world, seed, start_epoch)
+                                     rank, world, seed, start_epoch, start_batch)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
     generator = torch.Generator()
