@@ -68,15 +68,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+ELASTIC_RUN_FILE = "elastic_run_id"  # beside last.pt: which rendezvous id wrote it
+
+
+def _elastic_run_id() -> str | None:
+    rid = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    return None if rid in ("", "none") else rid  # "none" is shared by unrelated plain torchrun jobs
+
+
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
     atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, **state, "rng": rng_state()}, path)
+    rid = _elastic_run_id()
+    if rid and not (path.parent / ELASTIC_RUN_FILE).exists():
+        (path.parent / ELASTIC_RUN_FILE).write_text(rid)
 
 
-def refuse_fresh_run_over(run_dir: Path, resume: bool) -> None:
-    """A fresh run never trains over (and later overwrites) another run's files. An elastic restart
-    (TORCHELASTIC_RESTART_COUNT > 0) is the same run continuing, not a fresh one."""
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
-    if (run_dir / "last.pt").exists() and not resume and not restarted:
+def continues_elastic_run(run_dir: Path) -> bool:
+    """New workers of the same job: an agent restart (TORCHELASTIC_RESTART_COUNT > 0), or a re-rendezvous
+    after another node restarted, which leaves this node's restart count at 0; then the run dir's last.pt
+    was written under this same rendezvous id."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
+        return True
+    rid, marker = _elastic_run_id(), run_dir / ELASTIC_RUN_FILE
+    return bool(rid) and marker.is_file() and marker.read_text().strip() == rid
+
+
+def refuse_fresh_run_over(run_dir: Path, resume: Any) -> None:
+    """A fresh run never trains over (and later overwrites) another run's files. An elastic restart is the
+    same run continuing, not a fresh one (`continues_elastic_run`)."""
+    if (run_dir / "last.pt").exists() and not resume and not continues_elastic_run(run_dir):
         raise CheckpointError(
             f"Run dir {run_dir} already holds a run ({run_dir / 'last.pt'}). Pass train.resume=true to continue "
             f"it, or start a new run in another dir (drop hydra.run.dir=...); nothing was changed."

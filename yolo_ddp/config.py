@@ -116,7 +116,8 @@ class TrainConfig:
     ema: bool = True
     grad_clip: float = 10.0
     seed: int = 0
-    resume: bool = False
+    # true: continue the run dir's last.pt; a path (a last.pt or a run dir): continue that run in its own dir.
+    resume: Any = False
     val_every: int = 1
     conf: float = 0.001  # validation NMS thresholds (Ultralytics' defaults)
     iou: float = 0.7
@@ -129,6 +130,7 @@ class TrainConfig:
     # What the planner may change, in this order, when the run does not fit: amp, batch, imgsz, model.
     allow_downgrade: list[str] = field(default_factory=lambda: ["amp", "batch"])
     oom_retries: int = 3  # times a mid-run OOM may halve the micro-batch before the run fails
+    save_every_steps: int = 0  # also write last.pt every N optimizer steps inside an epoch (0: epoch ends only)
     multi_scale: list[float] = field(default_factory=list)  # e.g. [0.5, 1.5]: random imgsz per batch
     # Progressive resize: [[first epoch, imgsz], ...], e.g. [[0, 320], [10, 640]]; empty = data.imgsz throughout.
     imgsz_schedule: list[list[int]] = field(default_factory=list)
@@ -142,12 +144,17 @@ class TrainConfig:
         _check(set(self.allow_downgrade) <= {"amp", "batch", "imgsz", "model"}, "train.allow_downgrade",
                f"got {list(self.allow_downgrade)}; choose from amp, batch, imgsz, model.")
         _check(self.oom_retries >= 0, "train.oom_retries", "must be >= 0.")
+        _check(self.save_every_steps >= 0, "train.save_every_steps", "must be >= 0 (0: only at epoch ends).")
         _check(not self.multi_scale or (len(self.multi_scale) == 2 and 0 < self.multi_scale[0] <= 1 <= self.multi_scale[1]),
                "train.multi_scale", f"got {list(self.multi_scale)}; use [low, high] around 1, e.g. [0.5, 1.5], or [].")
         _check(all(len(p) == 2 and p[0] >= 0 and p[1] >= 32 and p[1] % 32 == 0 for p in self.imgsz_schedule),
                "train.imgsz_schedule", f"got {self.imgsz_schedule}; use [[first epoch, imgsz], ...] with imgsz a "
                "multiple of 32, e.g. [[0,320],[10,640]].")
         _check(self.nbs >= 1, "train.nbs", "must be >= 1.")
+        _check(self.resume is None or isinstance(self.resume, bool) or (isinstance(self.resume, str)
+                                                                        and self.resume.strip() != ""),
+               "train.resume", f"got {self.resume!r}; use true (this run dir's last.pt), false, or the path of a "
+               "yolo-ddp last.pt or of the run dir holding it.")
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"choose one of {OPTIMIZERS}.")
         _check(self.amp in AMP_MODES, "train.amp", f"got '{self.amp}'; choose one of {AMP_MODES}.")
         _check(self.sync_bn in ("auto", "on", "off"), "train.sync_bn", "choose auto, on or off.")

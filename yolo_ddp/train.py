@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from copy import deepcopy
 from dataclasses import asdict, replace
@@ -17,13 +18,15 @@ from typing import Any
 import torch
 from ultralytics.utils.torch_utils import ModelEMA
 
-from yolo_ddp import checkpoint, dist
+from yolo_ddp import checkpoint, dist, resume
 from yolo_ddp.config import Config
 from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.evaluate import EvalResult, evaluate, make_scorer
+from yolo_ddp.faults import StopRequested, StopSignal, after_step_hook, stop_on_signals
+from yolo_ddp.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
 from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_rank_logging
 from yolo_ddp.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
 from yolo_ddp.memory import run as memory
@@ -44,10 +47,20 @@ def train(cfg: Config) -> dict[str, Any]:
     setup_rank_logging(run_dir, dist.get_rank())
     node = sync.prepare_node(cfg.dist.backend)  # probe once per node; NCCL reads its env when the group starts
     device = dist.init_process_group(cfg.dist.timeout_s, cfg.dist.backend)
+    heartbeat = Heartbeat()
     try:
-        return _train(cfg, run_dir, device, node)
+        with stop_on_signals() as stop:
+            return _train(cfg, run_dir, device, node, stop, heartbeat)
+    except Exception as e:
+        if is_collective_timeout(e):  # name the rank that went quiet, not just "timed out"
+            raise CollectiveTimeout(explain_timeout(e, heartbeat, cfg.dist.timeout_s, str(run_dir))) from e
+        raise
     finally:
         dist.destroy_process_group()
+
+
+class CollectiveTimeout(RuntimeError):
+    """A peer stopped participating; the message says which rank and where its log is."""
 
 
 def _set_threads(cfg: Config, device: torch.device) -> None:
@@ -56,9 +69,11 @@ def _set_threads(cfg: Config, device: torch.device) -> None:
         torch.set_num_threads(cfg.train.threads_per_rank or max(1, (os.cpu_count() or 1) // local_world))
 
 
-def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology) -> dict[str, Any]:
+def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology, stop: StopSignal,
+           heartbeat: Heartbeat) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     checkpoint.refuse_fresh_run_over(run_dir, cfg.train.resume)
+    saved = resume.load(cfg.train.resume, run_dir)  # before any write: an unusable checkpoint changes nothing
     writer = make_writer(rank, run_dir, cfg.logger, asdict(cfg))  # rank 0 opens the job's one W&B run
     _set_threads(cfg, device)
     torch.manual_seed(cfg.train.seed)  # identical init everywhere; DDP also broadcasts rank 0's weights
@@ -69,12 +84,14 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
     val_index = build_index(spec.val, spec.nc, cache, "val")
 
     amp = agree_amp_mode(cfg.train.amp, device)
-    cfg = _resumed_batch(cfg, run_dir)
+    cfg = _resumed_batch(cfg, saved)
     memory_plan = memory.plan_for_run(cfg, spec.names, device, world, amp)
     cfg, amp = memory.apply(cfg, memory_plan, world), memory_plan.chosen.amp
     writer.info(memory_plan.describe())
-    writer.write_text("memory_plan.json", json.dumps(memory_plan.as_dict(), indent=2))
     plan = make_plan(cfg.train, cfg.data.imgsz, world, amp, device.type, len(train_index))
+    if saved and (change := resume.check_plan(saved[1]["plan"], plan, saved[0])):  # refuses before plan.json
+        writer.info(change)
+    writer.write_text("memory_plan.json", json.dumps(memory_plan.as_dict(), indent=2))
     writer.info(f"world size {world} on {device.type}; data {spec.yaml_path} ({len(train_index)} train / "
                 f"{len(val_index)} val images, {spec.nc} classes)\n{plan.describe()}")
     writer.write_text("plan.json", plan.to_json())
@@ -98,13 +115,15 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
         ema=ModelEMA(raw) if cfg.train.ema else None,
     )
     writer.info(f"optimizer {choice.name} lr0={choice.lr0} momentum={choice.momentum}, warmup {warmup_steps} steps")
-    _maybe_resume(cfg, run_dir, state)
+    _maybe_resume(saved, state)
+    del saved  # the state dicts are loaded; do not hold a second copy through training
 
     backend = resolve_backend(cfg.data, device)
     writer.info(f"data backend: {backend}")
     train_batches = iter(build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
                                             plan.steps_per_epoch * plan.accumulate, plan.epochs, cfg.train.seed,
-                                            device, rank, world, start_epoch=state.epoch))
+                                            device, rank, world, start_epoch=state.epoch,
+                                            start_batch=(state.step - state.epoch * plan.steps_per_epoch) * plan.accumulate))
     val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
     scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
     writer.watch_validation(ValPreview(val_index, spec.names, cfg.data.imgsz, scorer, cfg.logger.val_images))
@@ -120,8 +139,15 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
     result: EvalResult | None = None
     last_row: dict[str, Any] = {}
     start = time.perf_counter()
+    after_step = after_step_hook(stop, guard, heartbeat, cfg.train.save_every_steps, plan.steps_per_epoch,
+                                 lambda: _save(run_dir, state, cfg, plan, train_args, is_best=False))
     while state.epoch < plan.epochs:
-        stats = train_one_epoch(state, train_batches, ctx, writer, guard)
+        stats = train_one_epoch(state, train_batches, ctx, writer, guard, after_step)
+        if stats["stopped"]:
+            writer.info(f"stopped by {signal.Signals(stop.signum).name} after optimizer step {state.step}: last.pt "
+                        f"holds it; continue with train.resume=true hydra.run.dir={run_dir}")
+            writer.close()
+            raise StopRequested(128 + stop.signum)
         train_end_s = time.perf_counter() - start  # run clock at the end of this epoch's training part
         state.epoch += 1
         epoch_result = None
@@ -150,30 +176,20 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology)
     return {**last_row, "world_size": world, "plan": plan.as_dict()}
 
 
-def _resumed_batch(cfg: Config, run_dir: Path) -> Config:
+def _resumed_batch(cfg: Config, saved: tuple[Path, dict[str, Any]] | None) -> Config:
     """batch=auto continues with the batch the run chose, so a resumed run keeps its plan and step count."""
-    last = run_dir / "last.pt"
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
-    if cfg.train.batch != "auto" or not (cfg.train.resume or restarted) or not last.exists():
+    if cfg.train.batch != "auto" or saved is None:
         return cfg
-    chosen = checkpoint.load_train_state(last)["config"]["train"]["batch"]
-    return replace(cfg, train=replace(cfg.train, batch=chosen))
+    return replace(cfg, train=replace(cfg.train, batch=saved[1]["config"]["train"]["batch"]))
 
 
-def _maybe_resume(cfg: Config, run_dir: Path, state: TrainState) -> None:
-    last = run_dir / "last.pt"
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
-    if not cfg.train.resume and not (restarted and last.exists()):
+def _maybe_resume(saved: tuple[Path, dict[str, Any]] | None, state: TrainState) -> None:
+    if saved is None:
         return
-    if not last.exists():
-        raise checkpoint.CheckpointError(
-            f"train.resume=true but {last} does not exist. Resume continues a run in its own dir: pass "
-            f"hydra.run.dir=<that run's dir> (for example outputs/2026-01-31/12-00-00), or drop train.resume."
-        )
-    ckpt = checkpoint.load_train_state(last)
+    path, ckpt = saved
     state.load_state_dict(ckpt)
     checkpoint.set_rng_state(ckpt["rng"])
-    log.info(f"resumed from {last}: {state.epoch} epochs / {state.step} steps done")
+    log.info(f"resumed from {path}: {state.epoch} epochs / {state.step} steps done")
 
 
 def _save(run_dir: Path, state: TrainState, cfg: Config, plan, train_args: dict, is_best: bool) -> None:

@@ -1,6 +1,7 @@
 """Surviving a CUDA out-of-memory error mid-run: every rank learns of it, and the step is redone smaller.
 
-The flag travels over a separate gloo group on the host, so checking it never waits for the GPU: an OOM is
+The flag travels over a gloo group on the host (the job's own group on CPU, a separate one beside NCCL),
+so checking it never waits for the GPU: an OOM is
 raised on the host when the allocator fails, while the kernels before it may still be queued. Checks sit
 where no DDP collective is in flight: after every forward, and after backward on non-final micro-steps
 (those run under `no_sync()`). On recovery the current optimizer step is dropped and redone from its first
@@ -56,7 +57,12 @@ def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
 class OOMGuard:
     def __init__(self, run_dir: Path | None, retries: int, splits: int = 1) -> None:
         self.run_dir, self.retries, self.splits, self.used = run_dir, retries, splits, 0
-        self.group = tdist.new_group(backend="gloo") if dist.is_dist() else None
+        self.group = None
+        if dist.is_dist():
+            # A gloo job's own group already runs on the host; an NCCL job gets a host-side gloo group so the
+            # flag never waits for the GPU stream.
+            gloo = tdist.get_backend() == "gloo"
+            self.group = tdist.group.WORLD if gloo else tdist.new_group(backend="gloo")
 
     def agreed(self, oom: bool) -> bool:
         """True on every rank when any rank hit an OOM since the last check."""

@@ -1,0 +1,69 @@
+"""Stopping cleanly and losing little: signal handling, mid-epoch checkpoints, hang reports.
+
+- SIGTERM / SIGINT (Ctrl-C, a scheduler's preemption) only set a flag. After the current optimizer step the
+  ranks agree on it over the host-side gloo group, rank 0 writes `last.pt`, and every rank exits with
+  128 + the signal number; `train.resume=true` continues from that step.
+- `train.save_every_steps` writes `last.pt` every N optimizer steps inside an epoch, after a barrier proves
+  every rank finished that step, so a crash loses at most N steps and never leaves a checkpoint claiming
+  work some rank had not done.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from yolo_ddp import dist
+from yolo_ddp.heartbeat import Heartbeat
+from yolo_ddp.loop import TrainState
+from yolo_ddp.memory.oom import OOMGuard
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested(SystemExit):
+    """Raised after the checkpoint is written; its code is 128 + the signal, as a shell reports it."""
+
+
+class StopSignal:
+    def __init__(self) -> None:
+        self.event, self.signum = threading.Event(), 0
+
+    def __call__(self, signum: int, frame) -> None:
+        if not self.event.is_set():
+            log.warning("received %s: stopping after the current optimizer step and writing last.pt",
+                        signal.Signals(signum).name)
+        self.signum = self.signum or signum
+        self.event.set()
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopSignal]:
+    stop = StopSignal()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def after_step_hook(stop: StopSignal, guard: OOMGuard, heartbeat: Heartbeat, save_every_steps: int,
+                    steps_per_epoch: int, save: Callable[[], None]) -> Callable[[TrainState], bool]:
+    """What every rank runs after each optimizer step; True ends the epoch (and the run) early."""
+
+    def after_step(state: TrainState) -> bool:
+        heartbeat.beat(state.step)
+        stopping = guard.agreed(stop.event.is_set())  # one rank's signal stops all of them at the same step
+        end_of_epoch = state.step % steps_per_epoch == 0  # the epoch loop checkpoints those itself
+        periodic = save_every_steps > 0 and state.step % save_every_steps == 0 and not end_of_epoch
+        if stopping or periodic:
+            dist.barrier()  # every rank finished this step before rank 0 records it as done
+            if dist.get_rank() == 0:
+                save()
+        return stopping
+
+    return after_step
