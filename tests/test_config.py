@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 
 from launcher.__main__ import to_config
-from launcher.run_id import register_resolvers
-from launcher.store import register_configs
 from tests.conftest import CONF
 from yolo_ddp.config import Config
 
@@ -16,14 +13,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 TRAIN_PROFILES = sorted(p.stem for p in (CONF / "train").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def hydra_ctx():
-    register_resolvers()
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
+pytestmark = pytest.mark.usefixtures("hydra_ctx")
 
 
 def typed(overrides: list[str]) -> Config:

@@ -100,10 +100,8 @@ def _sum_criterion(preds, targets):
                                                       "dfl": loss.detach() * 0}
 
 
-def _accum_worker(rank: int, world: int, port: int, out: str, accumulate: int, steps: int) -> None:
-    _init(rank, world, port)
-    model = make_model().fuse(verbose=False)  # BN folded away: micro-batch splits cannot change the function
-    ddp = DDP(model)
+def sgd_run(ddp: DDP, model, world: int, per_rank: int, accumulate: int, steps: int):
+    """An SGD(lr=1) TrainState whose DDP counts its gradient all-reduces; the update is minus the gradient."""
     calls = {"n": 0}
 
     def counting_hook(state, bucket):
@@ -111,7 +109,6 @@ def _accum_worker(rank: int, world: int, port: int, out: str, accumulate: int, s
         return default_hooks.allreduce_hook(None, bucket)
 
     ddp.register_comm_hook(None, counting_hook)
-    per_rank = 2
     train_cfg = TrainConfig(batch=per_rank * world, nbs=per_rank * world * accumulate, grad_clip=1e9)
     plan = make_plan(train_cfg, IMGSZ, world, "off", "cpu", train_images=per_rank * world * accumulate * steps)
     assert plan.accumulate == accumulate and plan.steps_per_epoch == steps
@@ -122,6 +119,14 @@ def _accum_worker(rank: int, world: int, port: int, out: str, accumulate: int, s
                        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
                        scaler=torch.amp.GradScaler("cpu", enabled=False))
     ctx = StepContext(plan, train_cfg, torch.device("cpu"), None, warmup_steps=0, log_every_steps=1)
+    return state, ctx, calls, before, trainable
+
+
+def _accum_worker(rank: int, world: int, port: int, out: str, accumulate: int, steps: int) -> None:
+    _init(rank, world, port)
+    model = make_model().fuse(verbose=False)  # BN folded away: micro-batch splits cannot change the function
+    per_rank = 2
+    state, ctx, calls, before, trainable = sgd_run(DDP(model), model, world, per_rank, accumulate, steps)
     train_one_epoch(state, iter(_batches(rank, world, per_rank, accumulate * steps)), ctx, NullWriter(), OOMGuard(None, 0))
     model.train()
     after = torch.cat([p.detach().flatten() for p in trainable])

@@ -9,16 +9,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tests.conftest import free_port
-from tests.test_ddp import IMGSZ, _batches, _init, _sum_criterion, images, make_model, per_image_loss
-from yolo_ddp.config import TrainConfig
+from tests.test_ddp import _batches, _init, images, make_model, per_image_loss, sgd_run
 from yolo_ddp.logging import NullWriter
-from yolo_ddp.loop import StepContext, TrainState, train_one_epoch
+from yolo_ddp.loop import train_one_epoch
 from yolo_ddp.memory.oom import OOMGuard, OOMUnrecoverable, split_batch
-from yolo_ddp.plan import make_plan
 
 pytestmark = pytest.mark.slow
 
@@ -41,23 +38,8 @@ def _worker(rank: int, world: int, port: int, out: str, accumulate: int, oom_at:
     _init(rank, world, port)
     model = make_model().fuse(verbose=False)  # no BN: how a batch is split cannot change the gradient
     ddp = DDP(OOMOnce(model, oom_at if rank == oom_rank else 0))
-    calls = {"n": 0}
-
-    def counting_hook(state, bucket):
-        calls["n"] += 1
-        return default_hooks.allreduce_hook(None, bucket)
-
-    ddp.register_comm_hook(None, counting_hook)
     per_rank = 2
-    train_cfg = TrainConfig(batch=per_rank * world, nbs=per_rank * world * accumulate, grad_clip=1e9)
-    plan = make_plan(train_cfg, IMGSZ, world, "off", "cpu", train_images=per_rank * world * accumulate)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    before = torch.cat([p.detach().flatten().clone() for p in trainable])
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    state = TrainState(model=ddp, raw=model, criterion=_sum_criterion, optimizer=optimizer,
-                       scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                       scaler=torch.amp.GradScaler("cpu", enabled=False))
-    ctx = StepContext(plan, train_cfg, torch.device("cpu"), None, warmup_steps=0, log_every_steps=1)
+    state, ctx, calls, before, trainable = sgd_run(ddp, model, world, per_rank, accumulate, steps=1)
     guard = OOMGuard(None, retries=2)
     stats = train_one_epoch(state, iter(_batches(rank, world, per_rank, accumulate)), ctx, NullWriter(), guard)
     after = torch.cat([p.detach().flatten() for p in trainable])

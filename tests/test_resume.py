@@ -7,12 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 
-from launcher.run_id import register_resolvers
-from launcher.store import register_configs
-from tests.conftest import CONF
 from tests.test_e2e import epochs_in
 from tests.test_e2e import run as launch
 from yolo_ddp import checkpoint, resume
@@ -93,14 +89,6 @@ def test_train_resume_type_is_checked(value) -> None:
 # --- the run dir follows train.resume ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def hydra_ctx():
-    register_resolvers()
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def hydra_run(*overrides: str):
