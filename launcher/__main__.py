@@ -7,6 +7,7 @@ multirun each sweep point becomes one full DDP job with its own run dir.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -56,20 +57,28 @@ class JobFailed(RuntimeError):
 
 
 def spawn_job(cfg: DictConfig) -> dict:
+    from launcher.slurm import node_task
     from launcher.spawn import launch_workers, resolve_nproc
 
     typed = to_config(cfg)  # fail here, in one process, before any worker starts
+    task = node_task()
+    if task:  # under submitit: one task per node; node count and rendezvous come from the allocation
+        typed = dataclasses.replace(typed, launcher=task.launcher_config(typed.launcher))
+    node = task.node if task else 0
     if typed.plan:
         from launcher.plan_only import describe_plan
 
         print(describe_plan(typed, resolve_nproc(typed.launcher.nproc_per_node)), flush=True)
         return {}
     run_dir = Path(typed.run_dir)
-    refuse_fresh_run_over(run_dir, typed.train.resume)  # before this process writes anything there
+    if node == 0:  # other nodes start later and would see node 0's files as another run's
+        refuse_fresh_run_over(run_dir, typed.train.resume)  # before this process writes anything there
     resume.load(typed.train.resume, run_dir)  # a missing or unreadable checkpoint: exit 2, run dir as it was
     run_dir.mkdir(parents=True, exist_ok=True)
+    per_node = "" if node == 0 else f".node{node}"  # nodes share the run dir; each writes its own files
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True,
-                        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "launcher.log")])
+                        handlers=[logging.StreamHandler(sys.stdout),
+                                  logging.FileHandler(run_dir / f"launcher{per_node}.log")])
     # Input the parent can check fails here, once, instead of in every worker.
     if typed.data.path:
         load_data_spec(resolve_data_yaml(typed.data))
@@ -81,15 +90,17 @@ def spawn_job(cfg: DictConfig) -> dict:
             split_global_batch(typed.train.batch, nproc * typed.launcher.nnodes)
     except ValueError as e:
         raise ValueError(f"{label}: {e}") from None
-    resolved = run_dir / "resolved_config.yaml"
+    resolved = run_dir / f"resolved_config{per_node}.yaml"
     resolved.write_text(OmegaConf.to_yaml(OmegaConf.structured(typed)))
     log.info(f"{label}: {nproc} worker(s) per node x {typed.launcher.nnodes} node(s), run dir {run_dir}")
     try:
-        launch_workers(resolved, nproc, typed.launcher, run_id=f"{run_id()}-{run_dir.name}")
+        launch_workers(resolved, nproc, typed.launcher, run_id=task.run_id if task else f"{run_id()}-{run_dir.name}")
     except ChildFailedError as e:
         codes = ", ".join(f"rank {r}: exit {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise JobFailed(f"{label} failed ({codes}). The ranks' messages are above; each rank's log is in "
                         f"{run_dir}/rank*.log.") from None
+    if node != 0:  # rank 0, on node 0, writes result.json, maybe after this node's workers have exited
+        return {}
     return json.loads((run_dir / "result.json").read_text())
 
 
@@ -126,6 +137,8 @@ def _default_to_cpu_profile(argv: list[str]) -> None:
 
     if torch.cuda.is_available() or any(a.startswith(("train=", "+train=")) for a in argv[1:]):
         return
+    if any(a.startswith("hydra/launcher=") and "slurm" in a for a in argv[1:]):  # GPUs are on the job's nodes
+        return
     argv.append("train=cpu_quick")  # after the flags (-m, --cfg ...): a group choice can sit anywhere
     if int(os.environ.get("RANK", 0)) == 0:
         print("No GPU found: using the CPU profile train=cpu_quick (pass train=default to override).", flush=True)
@@ -134,6 +147,10 @@ def _default_to_cpu_profile(argv: list[str]) -> None:
 def main() -> None:
     _refuse_multirun_under_torchrun(sys.argv)
     _default_to_cpu_profile(sys.argv)
+    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        from launcher.job_names import export_sweep
+
+        export_sweep(sys.argv)
     register_resolvers()
     register_configs()
     hydra_main()

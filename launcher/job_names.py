@@ -7,6 +7,8 @@ Outside a multirun both are empty and yolo_ddp.logging falls back to the config 
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 from hydra.core.hydra_config import HydraConfig
@@ -14,6 +16,21 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 
 from launcher.run_id import run_id
+
+SWEEP_ARGV_ENV = "YOLO_DDP_SWEEP_ARGV"
+
+
+def export_sweep(argv: list[str]) -> None:
+    """A sweep's jobs may run in other processes or on other nodes (submitit, SLURM), which inherit this
+    environment: give them the sweep id (the sweep dir's name) and the command line that defined the sweep."""
+    os.environ["YOLO_DDP_RUN_ID"] = run_id()
+    os.environ[SWEEP_ARGV_ENV] = json.dumps(argv[1:])
+
+
+def sweep_argv() -> list[str]:
+    """The sweep's command line, also in a job that submitit started (whose own argv is submitit's)."""
+    raw = os.environ.get(SWEEP_ARGV_ENV)
+    return json.loads(raw) if raw else sys.argv[1:]
 
 
 def _multirun() -> bool:
@@ -46,4 +63,4 @@ def name_from_overrides(job_overrides: list[str], swept: list[str]) -> str:
 def job_name() -> str:
     if not _multirun():
         return ""
-    return name_from_overrides(list(HydraConfig.get().overrides.task), swept_keys(sys.argv[1:]))
+    return name_from_overrides(list(HydraConfig.get().overrides.task), swept_keys(sweep_argv()))

@@ -60,7 +60,9 @@ def run_id() -> str:
 def hydra_output_subdir(resume: Any = False) -> str | None:
     """`.hydra/` is written by rank 0 only; a resumed run records its config in `.hydra/resumed/`, so the
     run's original config is kept (and a resume that fails on a bad checkpoint overwrites nothing)."""
-    if int(os.environ.get("RANK", 0)) != 0:
+    from launcher.slurm import node_rank
+
+    if int(os.environ.get("RANK", 0)) != 0 or node_rank() != 0:  # a SLURM job's other nodes share the dir
         return None
     return ".hydra/resumed" if resume else ".hydra"
 
