@@ -8,7 +8,7 @@ export YOLO_OFFLINE := 1
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install train test test-fast lint format clean
+.PHONY: install train test test-fast lint format clean docker-build
 
 # Re-install when pyproject.toml changes (stale venv) or the venv is missing.
 $(STAMP): pyproject.toml
@@ -33,6 +33,11 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
+
+# The CUDA image (docker/Dockerfile, usage in docker/README.md); needs a Docker engine, not the venv.
+IMAGE ?= yolo-ddp:latest
+docker-build:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
