@@ -107,3 +107,15 @@ def test_slurm_launcher_conf_composes():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 8, 1)
     assert launcher.partition == "gpu" and launcher.timeout_min == 240
+
+
+def test_submitting_from_a_machine_without_gpus_keeps_the_gpu_profile(monkeypatch):
+    from launcher.__main__ import _default_to_cpu_profile
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    argv = ["launcher", "-m", "hydra/launcher=slurm", "train.batch=16,32"]
+    _default_to_cpu_profile(argv)
+    assert "train=cpu_quick" not in argv  # the jobs run on the allocation's GPU nodes
+    local = ["launcher", "-m", "hydra/launcher=submitit_local"]
+    _default_to_cpu_profile(local)
+    assert local[-1] == "train=cpu_quick"  # submitit_local runs here, on this CPU
