@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,5 +81,19 @@ def read_run(path: Path) -> OfflineRun:
     return run
 
 
-def offline_runs(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+def offline_runs(run_dir: Path, timeout_s: float = 20.0) -> list[Path]:
+    """The run logs under `run_dir`, once each is complete: wandb's service may still be flushing a file
+    when `finish()` returns in-process, and a log is whole when its `exit` record is in."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        paths = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        if all(_complete(p) for p in paths) or time.monotonic() > deadline:
+            return paths
+        time.sleep(0.1)
+
+
+def _complete(path: Path) -> bool:
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in records(path))
+    except (AssertionError, struct.error, OSError):  # header not written yet
+        return False
