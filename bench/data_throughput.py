@@ -27,6 +27,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from yolo_ddp.data.dali import DaliSettings, DaliTrainStream  # noqa: E402
@@ -148,21 +149,24 @@ def main() -> None:
     for name, aug, run in rows:
         if name in skip:
             continue
-        results.append({"loader": name, "augment": aug, "img_per_s": run()})
-        print(f"  measured {name} ({aug}): {results[-1]['img_per_s']:.1f} img/s", flush=True)
+        psutil.cpu_percent()  # starts the interval: the machine's CPU use while this row runs
+        img_per_s = run()
+        cpu = psutil.cpu_percent()  # all cores, whoever uses them (loader workers, DALI threads)
+        results.append({"loader": name, "augment": aug, "img_per_s": img_per_s, "cpu_percent": cpu})
+        print(f"  measured {name} ({aug}): {img_per_s:.1f} img/s at {cpu:.0f}% CPU", flush=True)
     ref = {r["augment"]: r["img_per_s"] for r in results if r["loader"] == "torch"}
     machine = f"{platform.node()} {os.cpu_count()} cores" + (f", {torch.cuda.get_device_name(0)}" if gpu else "")
     print(f"\n{date.today()}  {machine}  imgsz={s} batch={b} workers={args.workers} source {args.image_size}px JPEG")
-    print(f"{'loader':<40} {'augment':<10} {'img/s':>9} {'vs torch DataLoader':>22}")
+    print(f"{'loader':<40} {'augment':<10} {'img/s':>9} {'CPU %':>6} {'vs torch DataLoader':>22}")
     for r in results:
         base = ref.get(r["augment"]) if not r["loader"].startswith("stage") else None
         r["ratio"] = r["img_per_s"] / base if base else ""
         ratio = f"{r['ratio']:.2f}x" if base else ""
-        print(f"{r['loader']:<40} {r['augment']:<10} {r['img_per_s']:>9.1f} {ratio:>22}")
+        print(f"{r['loader']:<40} {r['augment']:<10} {r['img_per_s']:>9.1f} {r['cpu_percent']:>6.0f} {ratio:>22}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["date", "machine", "imgsz", "batch", "workers", "loader", "augment",
+        w = csv.DictWriter(f, fieldnames=["date", "machine", "imgsz", "batch", "workers", "loader", "augment", "cpu_percent",
                                           "img_per_s", "ratio"])
         w.writeheader()
         for r in results:

@@ -18,9 +18,9 @@ done
 # The self-spawning launcher (python -m launcher, nproc auto = 1 GPU) runs our side of each pair.
 for spec in yolov8n.yaml:2 yolov8s.yaml:1; do
   model=${spec%:*}
-  python3 bench/train_vs_ultralytics.py --device 0 --model $model --imgsz 640 --batch 64 --epochs 4 --amp bf16 \
+  python3 bench/train_throughput.py --device 0 --model $model --imgsz 640 --batch 64 --epochs 4 --amp bf16 \
     --workers 8 --n-train 2048 --pairs ${spec#*:} 2>&1 | tail -8 | tee -a "$OUT/throughput.txt"
-  cp bench/out/train_vs_ultralytics.csv "$OUT/throughput_${model%.yaml}.csv"
+  cp bench/out/train_throughput.csv "$OUT/throughput_${model%.yaml}.csv"
 done
 # DALI: mixed decode beside torch (CUDA 13 build) in one process, then loader throughput at 640 with mosaic.
 python3 -m pytest -q tests/test_dali.py 2>&1 | tail -3 | tee -a "$OUT/dali.txt"

@@ -1,13 +1,16 @@
-"""Our trainer vs Ultralytics' trainer on the same data, model, imgsz, batch and augmentation.
+"""Our trainer vs Ultralytics' `yolo train` on the same data, model yaml, imgsz, batch, epochs, AMP and workers.
 
-Runs both as subprocesses on the synthetic PCB set, alternating ours/theirs --pairs times, and
-reports img/s from the interval between consecutive epoch ends (the first epoch is warm-up and
-excluded; validation is off until the final epoch on both sides, plots off). Everything else a run
-spends per epoch counts: data loading, steps, checkpoints. Needs --epochs >= 3. Prints a table and
-writes bench/out/train_vs_ultralytics.csv.
+Runs both as subprocesses on the synthetic PCB set, alternating A B A B (--pairs times), and reports:
+- img/s: median over the intervals between consecutive epoch ends. The first epoch is warm-up and is
+  excluded. Validation is off until the final epoch on both sides, and plots are off. Everything else a
+  run spends per epoch counts: data loading, steps, checkpoints. Needs --epochs >= 3.
+- time to first step: from launching the process to the end of its first optimizer step (imports,
+  data indexing, model build, workers starting).
+Augmentation is the same on both sides: letterbox, HSV and flip; no mosaic, scale or translate.
+Prints a table with the ratio per pair and writes bench/out/train_throughput.csv.
 
-  python bench/train_vs_ultralytics.py --device cpu --imgsz 256 --batch 16 --epochs 3
-  python bench/train_vs_ultralytics.py --device 0 --imgsz 640 --batch 64 --epochs 4 --amp bf16
+  python bench/train_throughput.py --device cpu --imgsz 256 --batch 16 --epochs 3 --pairs 2
+  python bench/train_throughput.py --device 0 --imgsz 640 --batch 64 --epochs 4 --amp bf16 --workers 16
 """
 
 from __future__ import annotations
@@ -30,15 +33,17 @@ ULTRALYTICS_SNIPPET = r"""
 import json, sys, time
 from ultralytics import YOLO
 args = json.loads(sys.argv[1])
-ends = []
+ends, first = [], []
 model = YOLO(args.pop("model"))
 model.add_callback("on_train_epoch_end", lambda trainer: ends.append(time.perf_counter()))
+model.add_callback("on_train_batch_end", lambda trainer: first or first.append(time.time()))
 model.train(**args)
 print("EPOCH_ENDS " + json.dumps(ends))
+print("FIRST_STEP " + json.dumps(first[0]))
 """
 
 
-def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> list[float]:
+def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> tuple[list[float], float]:
     run_dir = OUT / "runs" / f"ours-{tag}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time (a run dir with last.pt is refused)
     overrides = [
@@ -46,15 +51,31 @@ def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> list
         f"data.path={data_yaml}", f"data.imgsz={a.imgsz}", f"train.batch={a.batch}", f"train.nbs={a.batch}",
         f"train.epochs={a.epochs}", f"train.val_every={a.epochs + 1}", f"data.workers={a.workers}",
         f"train.amp={a.amp}", f"launcher.nproc_per_node={a.nproc}", "train.optimizer=SGD",
-        f"data.cache_dir={OUT / 'cache'}", f"hydra.run.dir={run_dir}",
+        f"data.cache_dir={OUT / 'cache'}", f"hydra.run.dir={run_dir}", "data.mosaic=0", "data.scale=0",
+        "logger=csv", "logger.log_every_steps=1", f"data.backend={a.backend}",
     ]
-    subprocess.run([sys.executable, "-m", "launcher", *overrides], check=True, cwd=REPO)
+    launched = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", *overrides], cwd=REPO)
+    first_step = None
+    while proc.poll() is None:  # steps.csv gets its first row right after the first optimizer step
+        if first_step is None and _has_row(run_dir / "steps.csv"):
+            first_step = time.time() - launched
+        time.sleep(0.05)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, "python -m launcher")
     with (run_dir / "metrics.csv").open() as f:
         ends = [float(r["train_end_s"]) for r in csv.DictReader(f)]
-    return per_epoch_rates(ends, n_train // a.batch * a.batch)
+    return per_epoch_rates(ends, n_train // a.batch * a.batch), first_step or float("nan")
 
 
-def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> list[float]:
+def _has_row(path: Path) -> bool:
+    try:
+        return len(path.read_text().splitlines()) >= 2
+    except OSError:
+        return False
+
+
+def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> tuple[list[float], float]:
     args = {
         "model": a.model, "data": str(data_yaml), "imgsz": a.imgsz, "batch": a.batch, "nbs": a.batch,
         "epochs": a.epochs, "workers": a.workers, "device": a.device, "val": False, "plots": False,
@@ -62,10 +83,13 @@ def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> li
         "optimizer": "SGD", "project": str(OUT / "runs"), "name": f"ultralytics-{tag}", "exist_ok": True,
         "verbose": False, "cache": False, "warmup_epochs": 0,
     }
+    launched = time.time()
     proc = subprocess.run([sys.executable, "-c", ULTRALYTICS_SNIPPET, json.dumps(args)], check=True, cwd=OUT,
                           capture_output=True, text=True)
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("EPOCH_ENDS "))
-    return per_epoch_rates(json.loads(line.split(" ", 1)[1]), n_train)  # its loader keeps the ragged tail batch
+    found = {x.split(" ", 1)[0]: json.loads(x.split(" ", 1)[1]) for x in proc.stdout.splitlines()
+             if x.startswith(("EPOCH_ENDS ", "FIRST_STEP "))}
+    # its loader keeps the ragged tail batch, so an epoch is every image
+    return per_epoch_rates(found["EPOCH_ENDS"], n_train), found["FIRST_STEP"] - launched
 
 
 def per_epoch_rates(ends: list[float], images_per_epoch: int) -> list[float]:
@@ -85,7 +109,8 @@ def main() -> None:
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
     p.add_argument("--nproc", type=int, default=1, help="our ranks (Ultralytics runs one process here)")
     p.add_argument("--n-train", type=int, default=256)
-    p.add_argument("--pairs", type=int, default=1)
+    p.add_argument("--pairs", type=int, default=2)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "dali"], help="our data backend")
     a = p.parse_args()
     os.environ["YOLO_OFFLINE"] = "1"
     OUT.mkdir(parents=True, exist_ok=True)
@@ -99,22 +124,25 @@ def main() -> None:
         for name, fn in (("yolo-ddp", ours), ("ultralytics", theirs)):
             t0 = time.perf_counter()
             tag = f"{Path(a.model).stem}-{a.imgsz}-b{a.batch}-{a.amp}-p{pair}"
-            per_epoch = fn(a, data_yaml, a.n_train, tag)
+            per_epoch, first_step_s = fn(a, data_yaml, a.n_train, tag)
             steady = per_epoch  # intervals from the end of epoch 1 on: warm-up excluded
             rows.append({"pair": pair, "trainer": name, "device": a.device, "model": a.model, "imgsz": a.imgsz,
                          "batch": a.batch, "amp": a.amp, "nproc": a.nproc if name == "yolo-ddp" else 1,
                          "img_per_s_median": round(statistics.median(steady), 2),
                          "epochs_img_per_s": " ".join(f"{x:.1f}" for x in per_epoch),
+                         "first_step_s": round(first_step_s, 1),
                          "wall_s": round(time.perf_counter() - t0, 1)})
     ratios = [rows[i]["img_per_s_median"] / rows[i + 1]["img_per_s_median"] for i in range(0, len(rows), 2)]
-    out = OUT / "train_vs_ultralytics.csv"
+    out = OUT / "train_throughput.csv"
     with out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\n{'pair':>4} {'trainer':<12} {'nproc':>5} {'img/s (median over epochs)':>26} {'wall s':>8}")
+    print(f"\n{'pair':>4} {'trainer':<12} {'nproc':>5} {'img/s (median over epochs)':>26} {'first step s':>12} "
+          f"{'wall s':>8}")
     for r in rows:
-        print(f"{r['pair']:>4} {r['trainer']:<12} {r['nproc']:>5} {r['img_per_s_median']:>26} {r['wall_s']:>8}")
+        print(f"{r['pair']:>4} {r['trainer']:<12} {r['nproc']:>5} {r['img_per_s_median']:>26} "
+              f"{r['first_step_s']:>12} {r['wall_s']:>8}")
     print("ratio yolo-ddp / ultralytics per pair: " + ", ".join(f"{x:.2f}" for x in ratios))
     print(f"csv: {out}")
 
