@@ -134,6 +134,11 @@ class TrainConfig:
     multi_scale: list[float] = field(default_factory=list)  # e.g. [0.5, 1.5]: random imgsz per batch
     # Progressive resize: [[first epoch, imgsz], ...], e.g. [[0, 320], [10, 640]]; empty = data.imgsz throughout.
     imgsz_schedule: list[list[int]] = field(default_factory=list)
+    # Speed switches (yolo_ddp/speed.py says what each does; bench/RESULTS.md what each measured).
+    channels_last: bool = True
+    fused_optimizer: bool = True
+    compile: bool = False  # torch.compile the training forward: minutes of compile first, pays off on long runs
+    cudnn_benchmark: bool = True
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1.")

@@ -42,10 +42,15 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     ema: Any = None  # ultralytics ModelEMA
+    forward: torch.nn.Module | None = None  # what the step calls: `model` (the default), or torch.compile's wrapper
     epoch: int = 0  # completed epochs
     step: int = 0  # completed optimizer steps
     best_fitness: float = float("-inf")
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.model
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -112,7 +117,7 @@ def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext, guard
             loss = items = None
             try:
                 with autocast:
-                    loss, items = s.criterion(s.model(img), targets)
+                    loss, items = s.criterion(s.forward(img), targets)
             except torch.OutOfMemoryError:
                 guard.refuse_if_collective_forward(ddp and has_collective_norm(s.raw), s.step, ctx.plan.batch_per_rank)
             if guard.agreed(loss is None):  # no gradient all-reduce is in flight yet

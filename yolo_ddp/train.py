@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from ultralytics.utils.torch_utils import ModelEMA
 
-from yolo_ddp import checkpoint, dist, resume
+from yolo_ddp import checkpoint, dist, resume, speed
 from yolo_ddp.config import Config
 from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend
@@ -76,6 +76,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     saved = resume.load(cfg.train.resume, run_dir)  # before any write: an unusable checkpoint changes nothing
     writer = make_writer(rank, run_dir, cfg.logger, asdict(cfg))  # rank 0 opens the job's one W&B run
     _set_threads(cfg, device)
+    speed.configure_backends(cfg.train, device)
     torch.manual_seed(cfg.train.seed)  # identical init everywhere; DDP also broadcasts rank 0's weights
 
     spec = load_data_spec(resolve_data_yaml(cfg.data))
@@ -99,22 +100,23 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     raw = build_model(cfg.model, spec.names, cfg.train, cfg.data.imgsz, verbose=False)
     if plan.sync_bn:
         raw = convert_sync_batchnorm(raw, device)
-    raw = raw.to(device)
+    raw = speed.to_memory_format(raw.to(device), cfg.train)
     sync_plan = sync.plan_sync(cfg.sync, node, raw, cfg.data.imgsz, plan.batch_per_rank, device)
     writer.info(sync_plan.describe())
     writer.run_info(collect_run_info(plan, sync_plan, node, device, memory_plan.as_dict()))  # a collective
     model = sync.wrap_ddp(raw, device, sync_plan, cfg.sync) if world > 1 else raw
 
     choice = choose_optimizer(cfg.train, spec.nc, plan.total_steps)
-    optimizer = build_optimizer(raw, choice, plan.weight_decay)
+    optimizer = build_optimizer(raw, choice, plan.weight_decay, cfg.train.fused_optimizer)
     warmup_steps = round(cfg.train.warmup_epochs * plan.steps_per_epoch)
     state = TrainState(
         model=model, raw=raw, criterion=loss_criterion(raw), optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train, choice, warmup_steps, plan.total_steps),
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
-        ema=ModelEMA(raw) if cfg.train.ema else None,
+        ema=ModelEMA(raw) if cfg.train.ema else None, forward=speed.training_forward(model, cfg.train),
     )
     writer.info(f"optimizer {choice.name} lr0={choice.lr0} momentum={choice.momentum}, warmup {warmup_steps} steps")
+    writer.info(speed.describe(cfg.train, device))
     _maybe_resume(saved, state)
     del saved  # the state dicts are loaded; do not hold a second copy through training
 
@@ -196,6 +198,8 @@ def _save(run_dir: Path, state: TrainState, cfg: Config, plan, train_args: dict,
     checkpoint.save_train_state(run_dir / "last.pt", {**state.state_dict(), "config": asdict(cfg),
                                                      "plan": plan.as_dict()})
     if is_best:
+        # Plain BatchNorm and NCHW weights: best.pt loads and exports anywhere, as Ultralytics' own would.
         weights = revert_sync_batchnorm(deepcopy(state.ema.ema if state.ema else state.raw))
+        weights = weights.to(memory_format=torch.contiguous_format)
         checkpoint.save_ultralytics_weights(run_dir / "best.pt", weights, train_args, state.epoch,
                                             state.best_fitness, state.ema.updates if state.ema else 0)
