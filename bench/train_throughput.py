@@ -7,7 +7,11 @@ Runs both as subprocesses on the synthetic PCB set, alternating A B A B (--pairs
 - time to first step: from launching the process to the end of its first optimizer step (imports,
   data indexing, model build, workers starting).
 Augmentation is the same on both sides: letterbox, HSV and flip; no mosaic, scale or translate.
-Prints a table with the ratio per pair and writes bench/out/train_throughput.csv.
+`--variant NAME=OVERRIDES` (repeatable) runs several configurations of our trainer in each round, each
+with extra Hydra overrides, so the speed switches are measured against the same Ultralytics runs:
+  --variant plain="train.channels_last=false train.fused_optimizer=false" --variant default=
+Prints a table with each variant's ratio to the Ultralytics run of its round and writes
+bench/out/train_throughput.csv.
 
   python bench/train_throughput.py --device cpu --imgsz 256 --batch 16 --epochs 3 --pairs 2
   python bench/train_throughput.py --device 0 --imgsz 640 --batch 64 --epochs 4 --amp bf16 --workers 16
@@ -43,7 +47,7 @@ print("FIRST_STEP " + json.dumps(first[0]))
 """
 
 
-def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> tuple[list[float], float]:
+def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str, extra: list[str]) -> tuple[list[float], float]:
     run_dir = OUT / "runs" / f"ours-{tag}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time (a run dir with last.pt is refused)
     overrides = [
@@ -52,7 +56,7 @@ def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> tupl
         f"train.epochs={a.epochs}", f"train.val_every={a.epochs + 1}", f"data.workers={a.workers}",
         f"train.amp={a.amp}", f"launcher.nproc_per_node={a.nproc}", "train.optimizer=SGD",
         f"data.cache_dir={OUT / 'cache'}", f"hydra.run.dir={run_dir}", "data.mosaic=0", "data.scale=0",
-        "logger=csv", "logger.log_every_steps=1", f"data.backend={a.backend}",
+        "logger=csv", "logger.log_every_steps=1", f"data.backend={a.backend}", *extra,
     ]
     launched = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "launcher", *overrides], cwd=REPO)
@@ -75,7 +79,7 @@ def _has_row(path: Path) -> bool:
         return False
 
 
-def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str) -> tuple[list[float], float]:
+def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str, extra: list[str]) -> tuple[list[float], float]:
     args = {
         "model": a.model, "data": str(data_yaml), "imgsz": a.imgsz, "batch": a.batch, "nbs": a.batch,
         "epochs": a.epochs, "workers": a.workers, "device": a.device, "val": False, "plots": False,
@@ -111,6 +115,8 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=256)
     p.add_argument("--pairs", type=int, default=2)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "dali"], help="our data backend")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                   help="a configuration of our trainer: a name and space-separated Hydra overrides (repeatable)")
     a = p.parse_args()
     os.environ["YOLO_OFFLINE"] = "1"
     OUT.mkdir(parents=True, exist_ok=True)
@@ -119,31 +125,40 @@ def main() -> None:
 
     data_yaml = materialize(OUT / "cache" / f"pcb-{a.n_train}-{a.imgsz}", n_train=a.n_train, n_val=16,
                             img_size=a.imgsz, seed=0)
+    variants = [v.split("=", 1) for v in a.variant] or [["yolo-ddp", ""]]
+    runs = [(f"yolo-ddp:{name}" if a.variant else name, ours, extra.split()) for name, extra in variants]
+    runs.append(("ultralytics", theirs, []))
     rows = []
     for pair in range(a.pairs):
-        for name, fn in (("yolo-ddp", ours), ("ultralytics", theirs)):
+        for name, fn, extra in runs:
             t0 = time.perf_counter()
-            tag = f"{Path(a.model).stem}-{a.imgsz}-b{a.batch}-{a.amp}-p{pair}"
-            per_epoch, first_step_s = fn(a, data_yaml, a.n_train, tag)
-            steady = per_epoch  # intervals from the end of epoch 1 on: warm-up excluded
-            rows.append({"pair": pair, "trainer": name, "device": a.device, "model": a.model, "imgsz": a.imgsz,
-                         "batch": a.batch, "amp": a.amp, "nproc": a.nproc if name == "yolo-ddp" else 1,
-                         "img_per_s_median": round(statistics.median(steady), 2),
+            tag = f"{Path(a.model).stem}-{a.imgsz}-b{a.batch}-{a.amp}-p{pair}-{name.replace(':', '-')}"
+            per_epoch, first_step_s = fn(a, data_yaml, a.n_train, tag, extra)
+            rows.append({"pair": pair, "trainer": name, "overrides": " ".join(extra), "device": a.device,
+                         "model": a.model, "imgsz": a.imgsz, "batch": a.batch, "amp": a.amp,
+                         "nproc": a.nproc if fn is ours else 1,
+                         # intervals from the end of epoch 1 on: warm-up excluded
+                         "img_per_s_median": round(statistics.median(per_epoch), 2),
                          "epochs_img_per_s": " ".join(f"{x:.1f}" for x in per_epoch),
                          "first_step_s": round(first_step_s, 1),
                          "wall_s": round(time.perf_counter() - t0, 1)})
-    ratios = [rows[i]["img_per_s_median"] / rows[i + 1]["img_per_s_median"] for i in range(0, len(rows), 2)]
+    theirs_by_pair = {r["pair"]: r["img_per_s_median"] for r in rows if r["trainer"] == "ultralytics"}
+    for r in rows:
+        r["ratio_vs_ultralytics"] = round(r["img_per_s_median"] / theirs_by_pair[r["pair"]], 3)
     out = OUT / "train_throughput.csv"
     with out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\n{'pair':>4} {'trainer':<12} {'nproc':>5} {'img/s (median over epochs)':>26} {'first step s':>12} "
-          f"{'wall s':>8}")
+    width = max(len(r["trainer"]) for r in rows)
+    print(f"\n{'pair':>4} {'trainer':<{width}} {'nproc':>5} {'img/s (median over epochs)':>26} {'ratio':>6} "
+          f"{'first step s':>12} {'wall s':>8}")
     for r in rows:
-        print(f"{r['pair']:>4} {r['trainer']:<12} {r['nproc']:>5} {r['img_per_s_median']:>26} "
-              f"{r['first_step_s']:>12} {r['wall_s']:>8}")
-    print("ratio yolo-ddp / ultralytics per pair: " + ", ".join(f"{x:.2f}" for x in ratios))
+        print(f"{r['pair']:>4} {r['trainer']:<{width}} {r['nproc']:>5} {r['img_per_s_median']:>26} "
+              f"{r['ratio_vs_ultralytics']:>6} {r['first_step_s']:>12} {r['wall_s']:>8}")
+    for name, _, extra in runs[:-1]:
+        ratios = [r["ratio_vs_ultralytics"] for r in rows if r["trainer"] == name]
+        print(f"{name} ({' '.join(extra) or 'defaults'}) / ultralytics per round: {', '.join(f'{x:.2f}' for x in ratios)}")
     print(f"csv: {out}")
 
 
