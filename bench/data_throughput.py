@@ -4,7 +4,8 @@ Each row streams training batches (letterbox to imgsz, HSV, horizontal flip; `+m
 mosaic) and reports images/s after a warm-up, plus the ratio to the torch DataLoader row of the same
 augmentation. `ultralytics` rows use Ultralytics' own dataset and InfiniteDataLoader (its mosaic + random
 perspective), the loader `yolo train` runs; our torch rows use the same Ultralytics transforms over the
-node-shared index. `stage:` rows split the DALI CPU cost (decode only, decode +
+node-shared index. `auto` rows build what `data.backend=auto` picks on this machine through the
+trainer's own `build_train_stream`. `stage:` rows split the DALI CPU cost (decode only, decode +
 resize) against OpenCV to show where time goes.
 
     python bench/data_throughput.py --imgsz 640 --batch 32 --workers 2 --batches 30
@@ -30,9 +31,11 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
+from yolo_ddp.config import DataConfig  # noqa: E402
 from yolo_ddp.data.dali import DaliSettings, DaliTrainStream  # noqa: E402
 from yolo_ddp.data.dali_source import Augment  # noqa: E402
 from yolo_ddp.data.dataset import build_index  # noqa: E402
+from yolo_ddp.data.loaders import build_train_stream, resolve_backend  # noqa: E402
 from yolo_ddp.data.spec import load_data_spec  # noqa: E402
 from yolo_ddp.data.synthetic import materialize  # noqa: E402
 from yolo_ddp.data.torch_loader import build_loader  # noqa: E402
@@ -119,6 +122,13 @@ def main() -> None:
         settings = DaliSettings(device_id, threads=args.dali_threads)
         return DaliTrainStream(index, s, b, per_epoch, 0, 1, 0, aug, settings, mosaic_until=10**9)
 
+    def auto(aug: Augment) -> Iterable[dict]:
+        """What the trainer builds for `data.backend=auto` on this machine, through its own code path."""
+        data = DataConfig(imgsz=s, workers=args.workers, mosaic=aug.mosaic, close_mosaic=0)
+        device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+        return build_train_stream(data, resolve_backend(data, device), index, b, per_epoch, 10**9, 0, device, 0, 1)
+
+    chosen = resolve_backend(DataConfig(), torch.device("cuda" if gpu else "cpu"))
     rows: list[tuple[str, str, Callable[[], float]]] = [
         ("torch", "plain", lambda: rate(torch_rows(plain), nb, args.warmup, False)),
         ("torch", "mosaic", lambda: rate(torch_rows(mosaic), nb, args.warmup, False)),
@@ -126,6 +136,8 @@ def main() -> None:
         ("dali-cpu", "mosaic", lambda: rate(dali(mosaic, None), nb, args.warmup, False)),
         ("ultralytics", "mosaic", lambda: rate(ultralytics_loader(data_yaml, s, b, args.workers, 1.0),
                                                nb, args.warmup, False)),
+        (f"auto ({chosen})", "plain", lambda: rate(auto(plain), nb, args.warmup, gpu)),
+        (f"auto ({chosen})", "mosaic", lambda: rate(auto(mosaic), nb, args.warmup, gpu)),
     ]
     if gpu:
         rows += [("dali-mixed", "plain", lambda: rate(dali(plain, 0), nb, args.warmup, True)),
