@@ -137,7 +137,7 @@ class TrainConfig:
     # Speed switches (yolo_ddp/speed.py says what each does; bench/RESULTS.md what each measured).
     channels_last: bool = True
     fused_optimizer: bool = True
-    compile: bool = False  # torch.compile the training forward: minutes of compile first, pays off on long runs
+    compile: bool = False  # torch.compile the training forward: ~1 min of compile first, for long runs
     cudnn_benchmark: bool = True
 
     def __post_init__(self) -> None:

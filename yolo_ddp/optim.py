@@ -55,7 +55,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, choice: OptimizerChoice, weight_decay: float,
                     fused: bool = True) -> torch.optim.Optimizer:
-    """`fused`: one kernel for the whole update (CPU and CUDA); 3x faster than foreach on CPU for yolov8s."""
+    """`fused`: one kernel for the whole update, on CPU and CUDA (2-2.7x faster than torch's default on CPU)."""
     groups = param_groups(model, weight_decay)
     kernel = {"fused": True} if fused else {}
     if choice.name == "SGD":

@@ -1,7 +1,7 @@
 """Speed switches: they change how the model runs, not what it computes. bench/RESULTS.md has each one's figures.
 
-- `train.channels_last`: NHWC weights, so convolutions take the NHWC kernels (oneDNN on CPU, tensor-core
-  kernels on CUDA) instead of converting on every call.
+- `train.channels_last`: NHWC weights, the layout the fast convolution kernels work in (oneDNN on CPU,
+  tensor-core kernels on CUDA).
 - `train.fused_optimizer`: one fused SGD/AdamW kernel over all parameters; under fp16 it also reads
   GradScaler's inf flag on the device instead of syncing the host every step.
 - `train.compile`: `torch.compile` of the training forward (DDP-wrapped when world > 1, so the DDP
