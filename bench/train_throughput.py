@@ -6,6 +6,9 @@ Runs both as subprocesses on the synthetic PCB set, alternating A B A B (--pairs
   run spends per epoch counts: data loading, steps, checkpoints. Needs --epochs >= 3.
 - time to first step: from launching the process to the end of its first optimizer step (imports,
   data indexing, model build, workers starting).
+- data wait: the share of each step (epochs 2 on) the host spent waiting for the next batch; ours from
+  steps.csv, Ultralytics' from its batch callbacks (its on_train_batch_start runs once the batch is there).
+- GPU utilisation (CUDA only): NVML's mean over the steady epochs, sampled every 100 ms.
 Augmentation is the same on both sides: letterbox, HSV and flip; no mosaic, scale or translate.
 `--variant NAME=OVERRIDES` (repeatable) runs several configurations of our trainer in each round, each
 with extra Hydra overrides, so the speed switches are measured against the same Ultralytics runs:
@@ -27,7 +30,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,17 +42,69 @@ ULTRALYTICS_SNIPPET = r"""
 import json, sys, time
 from ultralytics import YOLO
 args = json.loads(sys.argv[1])
-ends, first = [], []
+ends, walls, first, last, wait = [], [], [], [None], [0.0, 0.0]
+def batch_start(trainer):
+    if last[0] is not None and trainer.epoch >= 1:
+        wait[0] += time.perf_counter() - last[0]
+def batch_end(trainer):
+    now = time.perf_counter()
+    if last[0] is not None and trainer.epoch >= 1:
+        wait[1] += now - last[0]
+    last[0] = now
+    first or first.append(time.time())
 model = YOLO(args.pop("model"))
-model.add_callback("on_train_epoch_end", lambda trainer: ends.append(time.perf_counter()))
-model.add_callback("on_train_batch_end", lambda trainer: first or first.append(time.time()))
+model.add_callback("on_train_epoch_start", lambda trainer: last.__setitem__(0, None))
+model.add_callback("on_train_epoch_end", lambda trainer: (ends.append(time.perf_counter()), walls.append(time.time())))
+model.add_callback("on_train_batch_start", batch_start)
+model.add_callback("on_train_batch_end", batch_end)
 model.train(**args)
 print("EPOCH_ENDS " + json.dumps(ends))
+print("EPOCH_ENDS_WALL " + json.dumps(walls))
 print("FIRST_STEP " + json.dumps(first[0]))
+print("DATA_WAIT " + json.dumps(wait))
 """
 
 
-def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str, extra: list[str]) -> tuple[list[float], float]:
+@dataclass
+class Run:
+    per_epoch: list[float]  # img/s between consecutive epoch ends
+    first_step_s: float
+    data_wait: float  # share of step time waiting for data, epochs 2 on
+    steady: tuple[float, float]  # wall-clock window of the steady epochs, for GPU utilisation
+
+
+class GpuUtilisation:
+    """NVML utilisation samples of one GPU, every 100 ms, while a run goes on."""
+
+    def __init__(self, device: str) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self.handle = None
+        if device != "cpu":
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(int(device))
+            self.read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+        self.stop = threading.Event()
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.handle is not None:
+            threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.1):
+            self.samples.append((time.time(), self.read()))
+
+    def mean(self, window: tuple[float, float]) -> float | None:
+        inside = [u for t, u in self.samples if window[0] <= t <= window[1]]
+        return round(statistics.mean(inside), 1) if inside else None
+
+
+def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str, extra: list[str]) -> Run:
     run_dir = OUT / "runs" / f"ours-{tag}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time (a run dir with last.pt is refused)
     overrides = [
@@ -60,26 +117,33 @@ def ours(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str, extra: 
     ]
     launched = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "launcher", *overrides], cwd=REPO)
-    first_step = None
+    first_step, epoch_rows = None, []  # wall time each metrics.csv row appeared
     while proc.poll() is None:  # steps.csv gets its first row right after the first optimizer step
-        if first_step is None and _has_row(run_dir / "steps.csv"):
+        if first_step is None and _rows(run_dir / "steps.csv") >= 1:
             first_step = time.time() - launched
+        if _rows(run_dir / "metrics.csv") > len(epoch_rows):
+            epoch_rows.append(time.time())
         time.sleep(0.05)
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, "python -m launcher")
     with (run_dir / "metrics.csv").open() as f:
         ends = [float(r["train_end_s"]) for r in csv.DictReader(f)]
-    return per_epoch_rates(ends, n_train // a.batch * a.batch), first_step or float("nan")
+    with (run_dir / "steps.csv").open() as f:
+        steady = [r for r in csv.DictReader(f) if float(r["epoch"]) > 1]
+    wait = sum(float(r["data_wait_ms"]) for r in steady) / max(sum(float(r["step_ms"]) for r in steady), 1e-9)
+    # the last epoch's row is written after validation: the window ends at the one before it
+    window = (epoch_rows[0], epoch_rows[-2]) if len(epoch_rows) >= 3 else (0.0, 0.0)
+    return Run(per_epoch_rates(ends, n_train // a.batch * a.batch), first_step or float("nan"), wait, window)
 
 
-def _has_row(path: Path) -> bool:
+def _rows(path: Path) -> int:
     try:
-        return len(path.read_text().splitlines()) >= 2
+        return len(path.read_text().splitlines()) - 1
     except OSError:
-        return False
+        return 0
 
 
-def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str, extra: list[str]) -> tuple[list[float], float]:
+def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str, extra: list[str]) -> Run:
     args = {
         "model": a.model, "data": str(data_yaml), "imgsz": a.imgsz, "batch": a.batch, "nbs": a.batch,
         "epochs": a.epochs, "workers": a.workers, "device": a.device, "val": False, "plots": False,
@@ -91,9 +155,12 @@ def theirs(a: argparse.Namespace, data_yaml: Path, n_train: int, tag: str, extra
     proc = subprocess.run([sys.executable, "-c", ULTRALYTICS_SNIPPET, json.dumps(args)], check=True, cwd=OUT,
                           capture_output=True, text=True)
     found = {x.split(" ", 1)[0]: json.loads(x.split(" ", 1)[1]) for x in proc.stdout.splitlines()
-             if x.startswith(("EPOCH_ENDS ", "FIRST_STEP "))}
+             if x.startswith(("EPOCH_ENDS ", "EPOCH_ENDS_WALL ", "FIRST_STEP ", "DATA_WAIT "))}
+    waited, stepped = found["DATA_WAIT"]
+    walls = found["EPOCH_ENDS_WALL"]
     # its loader keeps the ragged tail batch, so an epoch is every image
-    return per_epoch_rates(found["EPOCH_ENDS"], n_train), found["FIRST_STEP"] - launched
+    return Run(per_epoch_rates(found["EPOCH_ENDS"], n_train), found["FIRST_STEP"] - launched,
+               waited / max(stepped, 1e-9), (walls[0], walls[-1]))
 
 
 def per_epoch_rates(ends: list[float], images_per_epoch: int) -> list[float]:
@@ -133,14 +200,17 @@ def main() -> None:
         for name, fn, extra in runs:
             t0 = time.perf_counter()
             tag = f"{Path(a.model).stem}-{a.imgsz}-b{a.batch}-{a.amp}-p{pair}-{name.replace(':', '-')}"
-            per_epoch, first_step_s = fn(a, data_yaml, a.n_train, tag, extra)
+            with GpuUtilisation(a.device) as gpu:
+                run = fn(a, data_yaml, a.n_train, tag, extra)
             rows.append({"pair": pair, "trainer": name, "overrides": " ".join(extra), "device": a.device,
                          "model": a.model, "imgsz": a.imgsz, "batch": a.batch, "amp": a.amp,
                          "nproc": a.nproc if fn is ours else 1,
                          # intervals from the end of epoch 1 on: warm-up excluded
-                         "img_per_s_median": round(statistics.median(per_epoch), 2),
-                         "epochs_img_per_s": " ".join(f"{x:.1f}" for x in per_epoch),
-                         "first_step_s": round(first_step_s, 1),
+                         "img_per_s_median": round(statistics.median(run.per_epoch), 2),
+                         "epochs_img_per_s": " ".join(f"{x:.1f}" for x in run.per_epoch),
+                         "first_step_s": round(run.first_step_s, 1),
+                         "data_wait_pct": round(100 * run.data_wait, 1),
+                         "gpu_util_pct": gpu.mean(run.steady),
                          "wall_s": round(time.perf_counter() - t0, 1)})
     theirs_by_pair = {r["pair"]: r["img_per_s_median"] for r in rows if r["trainer"] == "ultralytics"}
     for r in rows:
@@ -152,10 +222,12 @@ def main() -> None:
         w.writerows(rows)
     width = max(len(r["trainer"]) for r in rows)
     print(f"\n{'pair':>4} {'trainer':<{width}} {'nproc':>5} {'img/s (median over epochs)':>26} {'ratio':>6} "
-          f"{'first step s':>12} {'wall s':>8}")
+          f"{'first step s':>12} {'data wait %':>11} {'GPU util %':>10} {'wall s':>8}")
     for r in rows:
+        util = "-" if r["gpu_util_pct"] is None else r["gpu_util_pct"]
         print(f"{r['pair']:>4} {r['trainer']:<{width}} {r['nproc']:>5} {r['img_per_s_median']:>26} "
-              f"{r['ratio_vs_ultralytics']:>6} {r['first_step_s']:>12} {r['wall_s']:>8}")
+              f"{r['ratio_vs_ultralytics']:>6} {r['first_step_s']:>12} {r['data_wait_pct']:>11} {util:>10} "
+              f"{r['wall_s']:>8}")
     for name, _, extra in runs[:-1]:
         ratios = [r["ratio_vs_ultralytics"] for r in rows if r["trainer"] == name]
         print(f"{name} ({' '.join(extra) or 'defaults'}) / ultralytics per round: {', '.join(f'{x:.2f}' for x in ratios)}")
