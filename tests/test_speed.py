@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from yolo_ddp.config import ModelConfig, TrainConfig
 from yolo_ddp.model import build_model, loss_criterion
 from yolo_ddp.optim import OptimizerChoice, build_optimizer
-from yolo_ddp.speed import describe, to_memory_format, training_forward
+from yolo_ddp.speed import configure_backends, describe, to_memory_format, training_forward
 
 NAMES = {0: "a", 1: "b"}
 IMGSZ = 64
@@ -79,7 +81,16 @@ def test_compile_off_trains_the_model_itself():
     assert training_forward(model, TrainConfig(compile=False)) is model
 
 
+def test_compile_without_a_compiler_names_the_key_and_the_fix(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ValueError, match=r"train\.compile.*g\+\+.*train\.compile=false"):
+        configure_backends(TrainConfig(compile=True), torch.device("cpu"))
+    configure_backends(TrainConfig(compile=False), torch.device("cpu"))  # nothing to check without compile
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler (g++)")
 def test_compiled_forward_matches_eager_and_leaves_the_model_plain():
     """torch.compile needs a C++ compiler on CPU; the compile itself takes about a minute on 2 cores."""
     eager_loss, eager_grads = _loss_and_grads(_model(True))

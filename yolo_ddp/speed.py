@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 
 import torch
 
@@ -24,6 +26,19 @@ log = logging.getLogger(__name__)
 def configure_backends(train: TrainConfig, device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = train.cudnn_benchmark
+    if train.compile:
+        _require_compiler(device)
+
+
+def _require_compiler(device: torch.device) -> None:
+    """torch.compile builds C++ (inductor, CPU) or Triton's C launcher (CUDA): fail before the first step, not in it."""
+    names = [os.environ.get("CXX", "g++")] if device.type == "cpu" else [os.environ.get("CC", "gcc"), "cc", "clang"]
+    if not any(shutil.which(n) for n in names):
+        raise ValueError(
+            f"Config key 'train.compile': torch.compile on {device.type} needs a compiler ({' or '.join(names)}) and "
+            f"none is on PATH. Install one (e.g. apt-get install g++), point {'CXX' if device.type == 'cpu' else 'CC'} "
+            "at it, or set train.compile=false."
+        )
 
 
 def to_memory_format(model: torch.nn.Module, train: TrainConfig) -> torch.nn.Module:
