@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from yolo_ddp.config import ModelConfig, TrainConfig
+from yolo_ddp.loop import load_optimizer_state
 from yolo_ddp.model import build_model, loss_criterion
 from yolo_ddp.optim import OptimizerChoice, build_optimizer
 from yolo_ddp.speed import configure_backends, describe, to_memory_format, training_forward
@@ -74,6 +75,19 @@ def test_fused_optimizer_skips_a_step_with_inf_gradients_under_grad_scaler():
     scaler.update()
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
     assert scaler.get_scale() == 512.0
+
+
+@pytest.mark.parametrize("saved_fused", [False, True])
+def test_resume_keeps_this_runs_optimizer_kernel(saved_fused):
+    """A checkpoint from a run with the other setting must not switch the kernel (GradScaler relies on it)."""
+    model = _model(False)
+    _loss_and_grads(model)
+    saved = build_optimizer(model, OptimizerChoice("SGD", 0.01, 0.9), 5e-4, fused=saved_fused)
+    saved.step()
+    resumed = build_optimizer(model, OptimizerChoice("SGD", 0.01, 0.9), 5e-4, fused=not saved_fused)
+    load_optimizer_state(resumed, saved.state_dict())
+    assert all(g["fused"] is (None if saved_fused else True) for g in resumed.param_groups)
+    assert resumed.state_dict()["state"].keys() == saved.state_dict()["state"].keys()  # momentum came along
 
 
 def test_compile_off_trains_the_model_itself():

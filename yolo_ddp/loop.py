@@ -70,10 +70,22 @@ class TrainState:
         if self.ema and state.get("ema") is not None:
             self.ema.ema.load_state_dict(state["ema"])
             self.ema.updates = state["ema_updates"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best_fitness = state["epoch"], state["step"], state["best_fitness"]
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer state but keep this run's kernel choice (train.fused_optimizer).
+
+    torch restores each param group's `fused`/`foreach` flags from the checkpoint, while GradScaler
+    decides from the constructor whether the step skips infs itself; a mismatch would apply fp16 inf steps.
+    """
+    kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kernel)
 
 
 @dataclass(frozen=True)
