@@ -192,6 +192,9 @@ def main() -> None:
 
     data_yaml = materialize(OUT / "cache" / f"pcb-{a.n_train}-{a.imgsz}", n_train=a.n_train, n_val=16,
                             img_size=a.imgsz, seed=0)
+    if bad := [v for v in a.variant if "=" not in v]:
+        p.error(f"--variant {bad[0]!r}: use NAME=OVERRIDES, e.g. --variant plain=\"train.channels_last=false\" "
+                "or --variant defaults= for none")
     variants = [v.split("=", 1) for v in a.variant] or [["yolo-ddp", ""]]
     runs = [(f"yolo-ddp:{name}" if a.variant else name, ours, extra.split()) for name, extra in variants]
     runs.append(("ultralytics", theirs, []))
