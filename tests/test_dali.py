@@ -105,10 +105,12 @@ def test_all_background_batch(tmp_path: Path) -> None:
     assert len(idx) == 4
 
 
-def test_too_few_images_for_a_batch_is_a_clear_error(tmp_path: Path) -> None:
-    idx = make_index(tmp_path, 4)
-    with pytest.raises(ValueError, match="lower the batch size"):
-        DaliTrainStream(idx, 64, 4, 1, 0, 2, seed=0, augment=NO_AUGMENT, settings=CPU, mosaic_until=0)
+def test_fewer_images_than_a_batch_make_one_short_batch(tmp_path: Path) -> None:
+    idx = make_index(tmp_path, 4)  # 2 per rank: one batch of 2 per epoch (the tail used to be dropped)
+    with pytest.raises(ValueError, match="loader_batches_per_epoch"):
+        DaliTrainStream(idx, 64, 4, 2, 0, 2, seed=0, augment=NO_AUGMENT, settings=CPU, mosaic_until=0)
+    stream = iter(DaliTrainStream(idx, 64, 4, 1, 0, 2, seed=0, augment=NO_AUGMENT, settings=CPU, mosaic_until=0))
+    assert [next(stream)["img"].shape[0] for _ in range(3)] == [2, 2, 2]
 
 
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ import torch
 from tests.red_boxes import make_index as red_boxes_index
 from tests.red_boxes import xyxy_px
 from yolo_ddp.data.dataset import DatasetIndex, build_index
-from yolo_ddp.data.torch_loader import EpochStreamSampler, ShardSampler, YoloDataset, build_loader, collate
+from yolo_ddp.data.torch_loader import EpochBatchSampler, ShardSampler, YoloDataset, build_loader, collate
 
 IMGSZ = 64
 
@@ -52,7 +52,8 @@ def test_letterbox_box_and_metadata(tmp_path: Path) -> None:
 def test_flip_mirrors_cx_and_pixels(tmp_path: Path) -> None:
     idx = make_index(tmp_path)
     plain = YoloDataset(idx, IMGSZ, augment=False)[2]
-    flipped = YoloDataset(idx, IMGSZ, augment=True, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, fliplr=1.0)[2]
+    flipped = YoloDataset(idx, IMGSZ, augment=True, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, fliplr=1.0, translate=0.0,
+                          scale=0.0)[2]  # no affine jitter: the letterbox's geometry
     assert torch.allclose(flipped["bboxes"][:, 0], 1 - plain["bboxes"][:, 0], atol=1e-6)
     assert torch.allclose(flipped["bboxes"][:, 1:], plain["bboxes"][:, 1:])
     assert torch.equal(flipped["img"], plain["img"].flip(-1))
@@ -88,17 +89,17 @@ def test_train_epoch(tmp_path: Path, workers: int) -> None:
     loader = build_loader(
         idx, IMGSZ, batch_per_rank=2, workers=workers, train=True, seed=3, augment={"fliplr": 0.5}
     )
-    stream = iter(loader)  # endless: 3 full batches per epoch (7 images, remainder dropped)
+    stream = iter(loader)  # endless: every image every epoch, 3 full batches and a last one of 1
     for _epoch in range(2):
-        batches = list(itertools.islice(stream, 3))
-        assert len(batches) == 3 and all(b["img"].shape == (2, 3, IMGSZ, IMGSZ) for b in batches)
+        batches = list(itertools.islice(stream, 4))
+        assert [b["img"].shape for b in batches] == [(2, 3, IMGSZ, IMGSZ)] * 3 + [(1, 3, IMGSZ, IMGSZ)]
         for b in batches:
             assert ((b["bboxes"] >= 0) & (b["bboxes"] <= 1)).all()
             assert b["batch_idx"].shape == (b["cls"].shape[0],)
             counts = [len(idx.labels_for(idx.im_files.index(f))) for f in b["im_file"]]
-            assert torch.bincount(b["batch_idx"].long(), minlength=2).tolist() == counts
+            assert torch.bincount(b["batch_idx"].long(), minlength=len(counts)).tolist() == counts
         seen = [f for b in batches for f in b["im_file"]]
-        assert len(set(seen)) == 6
+        assert sorted(seen) == sorted(idx.im_files)
 
 
 def test_val_loader_sees_every_image_once(tmp_path: Path) -> None:
@@ -113,23 +114,25 @@ def test_build_loader_rejects_bad_settings(tmp_path: Path) -> None:
     idx = make_index(tmp_path)
     with pytest.raises(ValueError, match="mixup"):
         build_loader(idx, IMGSZ, 2, 0, train=True, augment={"mixup": 1.0})
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        build_loader(idx, IMGSZ, 8, 0, train=True)
+    with pytest.raises(ValueError, match="loader_batches_per_epoch"):  # the old drop-the-tail count
+        build_loader(idx, IMGSZ, 2, 0, train=True, batches_per_epoch=3)
+    assert next(iter(build_loader(idx, IMGSZ, 8, 0, train=True)))["img"].shape[0] == 7  # one short batch
 
 
 def test_stream_epochs_are_whole_shuffles_and_resume_where_they_left_off() -> None:
-    stream = EpochStreamSampler(10, batch_per_rank=2, batches_per_epoch=2, rank=0, world_size=2, seed=5)
+    stream = EpochBatchSampler(10, batch_per_rank=2, rank=0, world_size=3, seed=5)  # shard 4: 2 batches
     it = iter(stream)
-    epoch0, epoch1 = [next(it) for _ in range(4)], [next(it) for _ in range(4)]
-    inner = torch.utils.data.DistributedSampler(range(10), num_replicas=2, rank=0, shuffle=True, seed=5,
-                                                drop_last=True)
+    epoch0, epoch1 = [next(it) for _ in range(2)], [next(it) for _ in range(2)]
+    inner = torch.utils.data.DistributedSampler(range(10), num_replicas=3, rank=0, shuffle=True, seed=5,
+                                                drop_last=False)
     inner.set_epoch(1)
-    assert epoch1 == [(i, 1) for i in list(inner)[:4]] and epoch0 != epoch1
-    assert {e for _, e in epoch0} == {0}  # the dataset learns the epoch (mosaic until close_mosaic) from it
-    resumed = iter(EpochStreamSampler(10, 2, 2, 0, 2, seed=5, start_epoch=1))
-    assert [next(resumed) for _ in range(4)] == epoch1
-    with pytest.raises(ValueError, match="images per rank"):
-        EpochStreamSampler(10, batch_per_rank=4, batches_per_epoch=2, rank=0, world_size=2)
+    assert sum(epoch1, []) == [(i, 1) for i in inner] and epoch0 != epoch1
+    assert {e for b in epoch0 for _, e in b} == {0}  # the dataset learns the epoch (mosaic until close_mosaic)
+    resumed = iter(EpochBatchSampler(10, 2, 0, 3, seed=5, start_epoch=1))
+    assert [next(resumed) for _ in range(2)] == epoch1
+    mid = iter(EpochBatchSampler(10, 2, 0, 3, seed=5, start_epoch=0, start_batch=1))
+    assert [next(mid) for _ in range(3)] == epoch0[1:] + epoch1
+    assert [len(b) for b in itertools.islice(iter(EpochBatchSampler(10, 3, 2, 3)), 4)] == [3, 1, 3, 1]
 
 
 def test_mosaic_until_close_mosaic(tmp_path: Path) -> None:
@@ -147,5 +150,8 @@ def test_mosaic_until_close_mosaic(tmp_path: Path) -> None:
             checked += core.size > 0
         assert batch["img"].shape == (1, 3, s, s)
     assert checked > 10
-    plain = ds[(0, 1)]  # past mosaic_until: letterbox geometry again
-    assert plain["ratio_pad"][0] == (s / 160, s / 160)
+    # Past mosaic_until: one image through RandomPerspective; without jitter, the letterbox's boxes.
+    still = YoloDataset(idx, s, augment=True, hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0.0, mosaic=1.0, mosaic_until=1,
+                        translate=0.0, scale=0.0)
+    want = YoloDataset(idx, s, augment=False)[0]["bboxes"]
+    assert torch.allclose(still[(0, 1)]["bboxes"], want, atol=0.5 / s)

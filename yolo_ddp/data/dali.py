@@ -4,15 +4,18 @@ The graph is fed by `dali_source` (bytes, augmentation parameters and exact boxe
 batch dict of the torch backend (`img` uint8 NCHW RGB on the pipeline's device, `batch_idx`, `cls`, normalized
 xywh `bboxes`, per-image metadata), so the trainer does not know which backend runs.
 
-Per sample: decode → resize (bilinear, no antialias, as cv2.INTER_LINEAR) → slice with grey padding (the
-letterbox; or four tiles concatenated around a centre, the mosaic) → horizontal flip → HSV → CHW.
+Per sample: decode → resize (bilinear, no antialias, as cv2.INTER_LINEAR) → slice with grey padding (a plain
+training sample scaled and shifted as Ultralytics' RandomPerspective, a letterbox for validation; or four tiles
+concatenated around a centre, the mosaic) → horizontal flip → HSV → CHW. Pipelines have a fixed batch size, so
+short batches (an epoch's last training batch, the last validation batch) are filled with samples flagged
+`valid=0`, which `to_batch` drops.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +30,9 @@ from yolo_ddp.data.dali_source import (
     Augment,
     TrainSource,
     ValSource,
-    letterbox_geometry,
 )
 from yolo_ddp.data.dataset import DatasetIndex
+from yolo_ddp.data.torch_loader import check_batches_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def _image(encoded, size, start, shape, interp, gpu: bool):
 
 def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: Augment, train: bool) -> Pipeline:
     k = TILE_OUTPUTS
-    n_out = k * tiles + (6 if train else 3)
+    n_out = k * tiles + (7 if train else 3)
     pipe = Pipeline(batch_size=batch, num_threads=settings.num_threads(), device_id=settings.device_id,
                     prefetch_queue_depth=settings.prefetch, py_num_workers=max(1, settings.py_workers),
                     py_start_method="spawn", seed=0)
@@ -76,12 +79,11 @@ def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: A
         rest = outs[k * tiles :]
         labels = fn.pad(rest[0], fill_value=-1.0, axes=(0,))  # dense batch for the iterator; sentinels stripped
         if train:
-            flip, hue, sat, val, index = rest[1:]
+            flip, hue, sat, val, *extra = rest[1:]  # extra: index, valid
             if augment.fliplr:
                 img = fn.flip(img, horizontal=flip)
             if augment.hsv:
                 img = fn.hsv(img, hue=hue, saturation=sat, value=val)
-            extra = [index]
         else:
             extra = list(rest[1:])  # index, valid
         pipe.set_outputs(fn.transpose(img, perm=[2, 0, 1]), labels, *extra)
@@ -89,23 +91,21 @@ def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: A
 
 
 def _iterator(pipe: Pipeline, train: bool) -> DALIGenericIterator:
-    keys = ["img", "labels", "index"] + ([] if train else ["valid"])
-    return DALIGenericIterator(pipe, keys, auto_reset=not train, last_batch_policy=LastBatchPolicy.PARTIAL,
-                               dynamic_shape=True, prepare_first_batch=False)
+    return DALIGenericIterator(pipe, ["img", "labels", "index", "valid"], auto_reset=not train,
+                               last_batch_policy=LastBatchPolicy.PARTIAL, dynamic_shape=True,
+                               prepare_first_batch=False)
 
 
-def to_batch(out: dict[str, torch.Tensor], index: DatasetIndex, imgsz: int) -> dict[str, Any]:
-    """DALI outputs → the torch backend's batch dict; drops padded label rows and padded validation images."""
-    img, labels = out["img"], out["labels"]
-    if "valid" in out:  # padding sits at the end of the last batch only
-        n = int(out["valid"].sum())
-        img, labels, ids = img[:n], labels[:n], out["index"][:n]
-    else:
-        ids = out["index"]
-    ids = ids.view(-1).tolist()
+Meta = Callable[[int], tuple[tuple, tuple[int, int]]]  # image index → (ratio_pad, resized_shape)
+
+
+def to_batch(out: dict[str, torch.Tensor], index: DatasetIndex, meta: Meta) -> dict[str, Any]:
+    """DALI outputs → the torch backend's batch dict; drops padded label rows and filler samples."""
+    n = int(out["valid"].sum())  # fillers sit at the end of a batch
+    img, labels, ids = out["img"][:n], out["labels"][:n], out["index"][:n].view(-1).tolist()
     mask = labels[..., 0] >= 0
     rows = labels[mask]
-    metas = [letterbox_geometry(tuple(int(v) for v in index.shapes[i]), imgsz) for i in ids]
+    metas = [meta(i) for i in ids]
     return {
         "img": img,
         "batch_idx": mask.nonzero()[:, 0].float(),
@@ -113,29 +113,33 @@ def to_batch(out: dict[str, torch.Tensor], index: DatasetIndex, imgsz: int) -> d
         "bboxes": rows[:, 1:].contiguous(),
         "im_file": [index.im_files[i] for i in ids],
         "ori_shape": [tuple(int(v) for v in index.shapes[i]) for i in ids],
-        "resized_shape": [(imgsz, imgsz)] * len(ids),
-        "ratio_pad": [((r, r), (left, top)) for r, _, (top, left) in metas],
+        "resized_shape": [resized for _, resized in metas],
+        "ratio_pad": [ratio_pad for ratio_pad, _ in metas],
     }
 
 
 class DaliTrainStream:
-    """Endless training batches, `batches_per_epoch` per epoch, every rank the same count.
+    """Endless training batches: every image every epoch, `batches_per_epoch` per epoch on every rank (checked
+    against `loader_batches_per_epoch`; None: that number), the last one holding the shard's remainder.
 
     Mosaic epochs and the final `close_mosaic` epochs use two graphs (four decodes vs one per sample); the
     stream switches graphs at the epoch boundary, as Ultralytics rebuilds its loader there.
     """
 
-    def __init__(self, index: DatasetIndex, imgsz: int, batch: int, batches_per_epoch: int, rank: int, world: int,
-                 seed: int, augment: Augment, settings: DaliSettings, mosaic_until: int, start_epoch: int = 0,
-                 start_batch: int = 0) -> None:
-        self.index, self.imgsz, self.batch, self.batches_per_epoch = index, imgsz, batch, batches_per_epoch
+    def __init__(self, index: DatasetIndex, imgsz: int, batch: int, batches_per_epoch: int | None, rank: int,
+                 world: int, seed: int, augment: Augment, settings: DaliSettings, mosaic_until: int,
+                 start_epoch: int = 0, start_batch: int = 0) -> None:
+        self.batches_per_epoch = check_batches_per_epoch(len(index), world, batch, batches_per_epoch)
+        self.index, self.imgsz, self.batch = index, imgsz, batch
         self.rank, self.world, self.seed, self.augment, self.settings = rank, world, seed, augment, settings
         self.mosaic_until, self.start_epoch, self.start_batch = mosaic_until, start_epoch, start_batch
-        TrainSource(index, imgsz, batch * batches_per_epoch, rank, world, seed, augment, 1)  # fail early if too small
+
+    def _meta(self, i: int) -> tuple[tuple, tuple[int, int]]:
+        return ((1.0, 1.0), (0, 0)), (self.imgsz, self.imgsz)  # as the torch backend: no geometry to undo
 
     def _open(self, tiles: int, epoch: int, skip_batches: int) -> DALIGenericIterator:
-        source = TrainSource(self.index, self.imgsz, self.batch * self.batches_per_epoch, self.rank, self.world,
-                             self.seed, self.augment, tiles, start_epoch=epoch, skip=skip_batches * self.batch)
+        source = TrainSource(self.index, self.imgsz, self.batch, self.rank, self.world, self.seed, self.augment,
+                             tiles, start_epoch=epoch, skip=skip_batches * self.batch)
         return _iterator(_pipeline(source, tiles, self.batch, self.settings, self.augment, train=True), train=True)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -148,27 +152,28 @@ class DaliTrainStream:
                 tiles, it = want, None  # drop the old pipeline (and its prefetched batches) first
                 it = self._open(tiles, epoch, skip)
             for _ in range(self.batches_per_epoch - skip):
-                yield to_batch(next(it)[0], self.index, self.imgsz)
+                yield to_batch(next(it)[0], self.index, self._meta)
             epoch, skip = epoch + 1, 0
 
 
 class DaliValLoader:
-    """Every validation image exactly once across ranks, letterboxed; re-iterable once per evaluation."""
+    """Every validation image exactly once across ranks, letterboxed (`rect`: into Ultralytics' rectangular
+    batch shapes, as the torch backend's val loader); re-iterable once per evaluation."""
 
     def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int,
-                 settings: DaliSettings) -> None:
+                 settings: DaliSettings, rect: bool = False) -> None:
         self.index, self.imgsz = index, imgsz
-        self.source = ValSource(index, imgsz, batch, rank, world)
+        self.source = ValSource(index, imgsz, batch, rank, world, rect)
         self._it: DALIGenericIterator | None = None
         if self.source.n_valid:
             pipe = _pipeline(self.source, 1, batch, settings, Augment(), train=False)
             self._it = _iterator(pipe, train=False)
 
     def __len__(self) -> int:
-        return len(self.source.ids) // max(1, self._it.batch_size if self._it else 1)
+        return self.source.n_batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._it is None:
             return
         for out in self._it:
-            yield to_batch(out[0], self.index, self.imgsz)
+            yield to_batch(out[0], self.index, self.source.meta)

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import types
 from nvidia.dali.types import SampleInfo
+from ultralytics.data.augment import LetterBox, RandomPerspective
 
 from yolo_ddp.data.dataset import DatasetIndex
+from yolo_ddp.data.torch_loader import load_image_size, val_batches
+from yolo_ddp.plan import loader_batches_per_epoch, shard_size
 
 PAD_VALUE = 114  # letterbox grey, as Ultralytics
-MIN_BOX_PX = 2.0  # Ultralytics' box_candidates: drop boxes thinner than 2 px ...
-MIN_AREA_RATIO = 0.1  # ... or with less than 10% of their area left after cropping
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,15 @@ class Augment:
     hsv_v: float = 0.4
     fliplr: float = 0.5
     mosaic: float = 1.0  # probability of a 4-image mosaic per sample
-    scale: float = 0.5  # mosaic tiles are resized by a factor in [1 - scale, 1 + scale]
+    scale: float = 0.5  # every mosaic tile or plain sample is resized by a factor in [1 - scale, 1 + scale]
+    translate: float = 0.1  # a plain sample's centre moves by up to +-translate * imgsz on each axis
 
     @property
     def hsv(self) -> bool:
         return bool(self.hsv_h or self.hsv_s or self.hsv_v)
 
 
-NO_AUGMENT = Augment(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+NO_AUGMENT = Augment(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def letterbox_geometry(hw: tuple[int, int], imgsz: int) -> tuple[float, tuple[int, int], tuple[int, int]]:
@@ -52,31 +54,36 @@ def letterbox_geometry(hw: tuple[int, int], imgsz: int) -> tuple[float, tuple[in
     return r, (nh, nw), (top, left)
 
 
-def _to_pixels_xyxy(rows: np.ndarray, hw: tuple[int, int], r: float) -> np.ndarray:
-    """Normalized xywh of the original image → xyxy pixels in the image resized by r."""
-    h, w = hw
+def _to_pixels_xyxy(rows: np.ndarray, gain_wh: tuple[float, float]) -> np.ndarray:
+    """Normalized xywh of the original image → xyxy pixels in the resized image (gain_wh: its (w, h) extent)."""
+    gw, gh = gain_wh
     cx, cy, bw, bh = (rows[:, k] for k in range(1, 5))
     xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
-    return xyxy * np.array([w * r, h * r, w * r, h * r], np.float32)
+    return xyxy * np.array([gw, gh, gw, gh], np.float32)
 
 
-def _rows(cls: np.ndarray, xyxy: np.ndarray, imgsz: int) -> np.ndarray:
-    """(k + 1, 5) float32 rows [cls, cx, cy, w, h] normalized to the canvas, plus one -1 sentinel row.
+def _gain(index: DatasetIndex, i: int, r: float) -> tuple[float, float]:
+    h, w = (int(v) for v in index.shapes[i])
+    return w * r, h * r
+
+
+def _rows(cls: np.ndarray, xyxy: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(k + 1, 5) float32 rows [cls, cx, cy, w, h] normalized to the (h, w) canvas, plus one -1 sentinel row.
 
     The sentinel keeps every sample non-empty: DALI pads a batch to its longest sample and an all-empty
     batch would come out with shape (B, 0, 0); the torch side drops rows whose class is < 0.
     """
     xywh = np.stack([(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2,
-                     xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], 1) / imgsz
+                     xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1]], 1) / np.array(hw[::-1] * 2, np.float32)
     out = np.full((len(cls) + 1, 5), -1.0, np.float32)
     out[:-1, 0], out[:-1, 1:] = cls, xywh
     return out
 
 
 def _keep_after_crop(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    w, h = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
-    area0 = (before[:, 2] - before[:, 0]) * (before[:, 3] - before[:, 1])
-    return (w > MIN_BOX_PX) & (h > MIN_BOX_PX) & (w * h > MIN_AREA_RATIO * np.maximum(area0, 1e-9))
+    """Ultralytics' RandomPerspective filter (its own box_candidates: > 2 px each side, aspect < 100, > 10% of
+    the area) of the clipped boxes against the unclipped ones, which already carry the scale factor."""
+    return RandomPerspective.box_candidates(box1=before.T, box2=after.T)
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,45 @@ def letterbox_tile(index: DatasetIndex, i: int, imgsz: int) -> tuple[Tile, float
     hw = tuple(int(v) for v in index.shapes[i])
     r, size, (top, left) = letterbox_geometry(hw, imgsz)
     return Tile(i, size, (-top, -left), (imgsz, imgsz), (0, 0)), r, (top, left)
+
+
+def affine_tile(index: DatasetIndex, i: int, imgsz: int, rng: np.random.Generator, scale: float,
+                translate: float) -> tuple[Tile, float]:
+    """Ultralytics' RandomPerspective (no rotation, shear or perspective) on a sample without mosaic.
+
+    The image, long side imgsz, is resized by s ~ U(1 - scale, 1 + scale) about its centre, which lands at
+    U(0.5 - translate, 0.5 + translate) * imgsz on each axis; the rest of the canvas is grey. Placement rounds
+    as LetterBox does, so translate = scale = 0 gives the centred letterbox exactly. Returns the tile and its
+    total resize factor.
+    """
+    h, w = (int(v) for v in index.shapes[i])
+    r = imgsz / max(h, w) * float(rng.uniform(1 - scale, 1 + scale))
+    nh, nw = max(round(h * r), 1), max(round(w * r), 1)
+    cx, cy = (float(v) * imgsz for v in rng.uniform(0.5 - translate, 0.5 + translate, 2))
+    top, left = round(cy - nh / 2 - 0.1), round(cx - nw / 2 - 0.1)
+    return Tile(i, (nh, nw), (-top, -left), (imgsz, imgsz), (0, 0)), r
+
+
+def val_tile(index: DatasetIndex, i: int, imgsz: int, shape: tuple[int, int] | None,
+             ) -> tuple[Tile, tuple[float, float], tuple, tuple[int, int]]:
+    """A validation image: tile, box gain (w, h), ratio_pad and resized_shape, as the torch backend's.
+
+    shape None: the square letterbox. Else Ultralytics' rect validation: `load_image` (long side imgsz), then
+    `LetterBox(scaleup=False)` into the batch `shape`, using LetterBox's own arithmetic. DALI resizes once,
+    from the original straight to the final size: the load_image size, as batch shapes padded by 0.5 stride
+    never make the letterbox shrink.
+    """
+    hw0 = tuple(int(v) for v in index.shapes[i])
+    if shape is None:
+        tile, r, (top, left) = letterbox_tile(index, i, imgsz)
+        return tile, _gain(index, i, r), ((r, r), (left, top)), (imgsz, imgsz)
+    h1, w1 = load_image_size(hw0, imgsz)
+    p = LetterBox(new_shape=imgsz, scaleup=False).get_params({"img": np.empty((h1, w1, 0), np.uint8),
+                                                              "rect_shape": shape})
+    r = p["ratio"][0]
+    (nw, nh), top, left = p["new_unpad"], p["top"], p["left"]
+    tile = Tile(i, (nh, nw), (-top, -left), (int(shape[0]), int(shape[1])), (0, 0))
+    return tile, (w1 * r, h1 * r), ((h1 / hw0[0] * r, w1 / hw0[1] * r), (left, top)), tile.shape
 
 
 def mosaic_tiles(index: DatasetIndex, ids: list[int], imgsz: int, rng: np.random.Generator, scale: float,
@@ -130,16 +176,19 @@ def quarter(tile: Tile, imgsz: int) -> list[Tile]:
     return out
 
 
-def tile_boxes(index: DatasetIndex, tile: Tile, r: float) -> tuple[np.ndarray, np.ndarray]:
-    """Classes and canvas xyxy pixels of the tile's boxes, clipped to the tile and filtered like Ultralytics."""
+def tile_boxes(index: DatasetIndex, tile: Tile, gain_wh: tuple[float, float], drop: bool = True,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and canvas xyxy pixels of the tile's boxes, clipped to the tile and, with `drop` (training),
+    filtered like Ultralytics. Validation never drops ground truth: Ultralytics scores every label."""
     rows = np.asarray(index.labels_for(tile.index), np.float32)
-    hw = tuple(int(v) for v in index.shapes[tile.index])
-    xyxy = _to_pixels_xyxy(rows, hw, r)
+    xyxy = _to_pixels_xyxy(rows, gain_wh)
     shift = np.array([tile.origin[1] - tile.start[1], tile.origin[0] - tile.start[0]] * 2, np.float32)
     before = xyxy + shift
     lo = np.array([tile.origin[1], tile.origin[0]] * 2, np.float32)
     hi = lo + np.array([tile.shape[1], tile.shape[0]] * 2, np.float32)
     after = np.clip(before, lo, hi)
+    if not drop:
+        return rows[:, 0], after
     keep = _keep_after_crop(before, after)
     return rows[keep, 0], after[keep]
 
@@ -161,45 +210,51 @@ def _read(path: str) -> np.ndarray:
 
 
 class TrainSource:
-    """Endless per-sample stream: epoch e (from `start_epoch`) is a permutation seeded by (seed, e), agreed
-    by every rank, cut into `world` equal shards (remainder dropped, as DistributedSampler(drop_last=True));
-    rank takes its shard's first `per_epoch` samples. Outputs: per tile (bytes, size, start, shape, interp), then
-    labels, flip, hue, saturation, value, index."""
+    """Endless per-sample stream. Epoch e (from `start_epoch`) is a permutation seeded by (seed, e), agreed by
+    every rank, padded with repeats from its start to a multiple of `world` and dealt rank::world, as
+    DistributedSampler(drop_last=False): every image every epoch, ceil(n / world) samples per rank. The pipeline's
+    batch size is fixed, so the epoch's last batch is filled with repeats flagged valid=0, dropped on the torch
+    side. Outputs: per tile (bytes, size, start, shape, interp), then labels, flip, hue, saturation, value,
+    index, valid."""
 
-    def __init__(self, index: DatasetIndex, imgsz: int, per_epoch: int, rank: int, world: int, seed: int,
+    def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int, seed: int,
                  augment: Augment, tiles: int, start_epoch: int = 0, skip: int = 0) -> None:
-        shard = len(index) // world
-        if not 0 < per_epoch <= shard:
-            raise ValueError(f"{per_epoch} samples per epoch per rank, but this rank's shard holds {shard}: lower "
-                             "the batch size or add images.")
-        self.index, self.imgsz, self.per_epoch, self.rank, self.world = index, imgsz, per_epoch, rank, world
+        if len(index) < 1:
+            raise ValueError("The train split has no images; add images or fix the train entry of data.yaml.")
+        self.index, self.imgsz, self.rank, self.world = index, imgsz, rank, world
         self.seed, self.augment, self.tiles, self.start_epoch = seed, augment, tiles, start_epoch
+        self.shard_len = shard_size(len(index), world)
+        self.per_epoch = loader_batches_per_epoch(len(index), world, batch) * batch  # pipeline samples per epoch
         self.skip = skip  # samples of `start_epoch` already trained (mid-epoch resume)
         self._shards: dict[int, np.ndarray] = {}  # the current epoch's shard (samples arrive in order)
 
     def shard(self, epoch: int) -> np.ndarray:
         if epoch not in self._shards:
             perm = np.random.default_rng((self.seed, epoch)).permutation(len(self.index))
-            self._shards = {epoch: perm[: len(self.index) // self.world * self.world][self.rank :: self.world]}
+            padded = np.resize(perm, self.shard_len * self.world)  # repeats from the start, as DistributedSampler
+            self._shards = {epoch: padded[self.rank :: self.world]}
         return self._shards[epoch]
 
     def epoch_of(self, sample_idx: int) -> tuple[int, int]:
         g = sample_idx + self.skip
         return self.start_epoch + g // self.per_epoch, g % self.per_epoch
 
-    def sample(self, sample_idx: int) -> tuple[list[Tile], np.ndarray, bool, tuple[float, float, float], int]:
-        """Tiles, label rows, flip, (hue degrees, saturation gain, value gain) and the main image's index."""
+    def sample(self, sample_idx: int,
+               ) -> tuple[list[Tile], np.ndarray, bool, tuple[float, float, float], int, bool]:
+        """Tiles, label rows, flip, (hue degrees, saturation gain, value gain), the main image's index and
+        whether the sample is real (False: filler of the epoch's last batch)."""
         epoch, pos = self.epoch_of(sample_idx)
-        i = int(self.shard(epoch)[pos])
+        i = int(self.shard(epoch)[pos % self.shard_len])
         rng = np.random.default_rng((self.seed, epoch, self.rank, pos, 1))
         a, s = self.augment, self.imgsz
         if self.tiles == 4 and rng.random() < a.mosaic:
             others = [int(j) for j in rng.integers(0, len(self.index), size=3)]
             tiles, ratios = mosaic_tiles(self.index, [i, *others], s, rng, a.scale)
-            parts = [tile_boxes(self.index, t, r) for t, r in zip(tiles, ratios, strict=True)]
+            parts = [tile_boxes(self.index, t, _gain(self.index, t.index, r)) for t, r in zip(tiles, ratios,
+                                                                                              strict=True)]
         else:
-            tile, r, _ = letterbox_tile(self.index, i, s)
-            parts = [tile_boxes(self.index, tile, r)]
+            tile, r = affine_tile(self.index, i, s, rng, a.scale, a.translate)
+            parts = [tile_boxes(self.index, tile, _gain(self.index, i, r))]
             tiles = [tile] if self.tiles == 1 else quarter(tile, s)
         cls = np.concatenate([c for c, _ in parts])
         xyxy = np.concatenate([b for _, b in parts]).reshape(-1, 4)
@@ -209,33 +264,50 @@ class TrainSource:
         gains = rng.uniform(-1, 1, 3) * np.array([a.hsv_h, a.hsv_s, a.hsv_v])
         # Ultralytics shifts OpenCV hue (0..180 for 360 degrees) by gain * 180, i.e. gain * 360 degrees.
         hsv = (float(gains[0] * 360), float(1 + gains[1]), float(1 + gains[2]))
-        return tiles, _rows(cls, xyxy, s), flip, hsv, i
+        return tiles, _rows(cls, xyxy, (s, s)), flip, hsv, i, pos < self.shard_len
 
     def __call__(self, info: SampleInfo) -> tuple[np.ndarray, ...]:
-        tiles, rows, flip, hsv, i = self.sample(info.idx_in_epoch)
+        tiles, rows, flip, hsv, i, valid = self.sample(info.idx_in_epoch)
         out: list[np.ndarray] = []
         for t in tiles:
             out += _tile_arrays(self.index, t)
         return (*out, rows, np.array(flip, np.int32), *(np.array(v, np.float32) for v in hsv),
-                np.array([i], np.int64))
+                np.array([i], np.int64), np.array(valid, np.int32))
 
 
 class ValSource:
-    """Letterbox only; rank takes images rank::world, padded with repeats of its last image to whole batches
-    (the `valid` output is 0 on those, and the torch side drops them), so every image counts exactly once."""
+    """Validation samples, every image exactly once across ranks; boxes clipped, never dropped.
 
-    def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int) -> None:
+    rect: Ultralytics' rectangular batches (`val_batches`: sorted by aspect ratio, batch k on rank k % world,
+    each batch letterboxed to its own shape); else the square letterbox, rank taking images rank::world. The
+    pipeline's batch size is fixed, so a short batch is filled with repeats of its first image (same shape)
+    whose `valid` output is 0; the torch side drops them.
+    """
+
+    def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int,
+                 rect: bool = False) -> None:
         self.index, self.imgsz = index, imgsz
-        own = list(range(rank, len(index), world))
-        self.n_valid = len(own)
-        pad = -len(own) % batch if own else 0
-        self.ids = own + own[-1:] * pad
+        if rect:
+            groups = val_batches(index.shapes, imgsz, batch, rank, world)
+        else:
+            own = list(range(rank, len(index), world))
+            groups = [(own[k : k + batch], None) for k in range(0, len(own), batch)]
+        self.samples: list[tuple[int, tuple[int, int] | None, bool]] = []
+        for ids, shape in groups:
+            self.samples += [(i, shape, True) for i in ids] + [(ids[0], shape, False)] * (batch - len(ids))
+        self.shapes = {i: shape for ids, shape in groups for i in ids}
+        self.n_valid, self.n_batches = sum(len(ids) for ids, _ in groups), len(groups)
+
+    def meta(self, i: int) -> tuple[tuple, tuple[int, int]]:
+        """ratio_pad and resized_shape of image i, as the torch backend reports them."""
+        _, _, ratio_pad, resized = val_tile(self.index, i, self.imgsz, self.shapes[i])
+        return ratio_pad, resized
 
     def __call__(self, info: SampleInfo) -> tuple[np.ndarray, ...]:
-        if info.idx_in_epoch >= len(self.ids):
+        if info.idx_in_epoch >= len(self.samples):
             raise StopIteration
-        i = self.ids[info.idx_in_epoch]
-        tile, r, _ = letterbox_tile(self.index, i, self.imgsz)
-        cls, xyxy = tile_boxes(self.index, tile, r)
-        return (*_tile_arrays(self.index, tile), _rows(cls, xyxy, self.imgsz),
-                np.array([i], np.int64), np.array(info.idx_in_epoch < self.n_valid, np.int32))
+        i, shape, valid = self.samples[info.idx_in_epoch]
+        tile, gain, _, canvas = val_tile(self.index, i, self.imgsz, shape)
+        cls, xyxy = tile_boxes(self.index, tile, gain, drop=False)
+        return (*_tile_arrays(self.index, tile), _rows(cls, xyxy, canvas),
+                np.array([i], np.int64), np.array(valid, np.int32))

@@ -46,7 +46,8 @@ def _require_dali() -> None:
 def _augment(data: DataConfig, mosaic: bool):
     from yolo_ddp.data.dali_source import Augment
 
-    return Augment(data.hsv_h, data.hsv_s, data.hsv_v, data.fliplr, data.mosaic if mosaic else 0.0, data.scale)
+    return Augment(data.hsv_h, data.hsv_s, data.hsv_v, data.fliplr, data.mosaic if mosaic else 0.0, data.scale,
+                   data.translate)
 
 
 def _dali_settings(data: DataConfig, device: torch.device):
@@ -59,8 +60,16 @@ def _dali_settings(data: DataConfig, device: torch.device):
 def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
                        batches_per_epoch: int, epochs: int, seed: int, device: torch.device, rank: int, world: int,
                        start_epoch: int = 0, start_batch: int = 0) -> Iterable[dict[str, Any]]:
-    """Endless batches, exactly `batches_per_epoch` per epoch on every rank, from batch `start_batch` of
-    epoch `start_epoch` on (a resume from a mid-epoch checkpoint)."""
+    """Endless batches from batch `start_batch` of epoch `start_epoch` on (a resume from a mid-epoch checkpoint).
+
+    Every image every epoch, as Ultralytics: each rank's shard is DistributedSampler(shuffle, drop_last=False)'s,
+    `shard_size(n, world)` images (the shuffled order padded with repeats), yielded as full batches of
+    `batch_per_rank` and a last partial one. `batches_per_epoch` must be `loader_batches_per_epoch(n, world,
+    batch_per_rank)`; anything else is a ValueError, as the caller's schedule would then drift from the data.
+    """
+    from yolo_ddp.data.torch_loader import check_batches_per_epoch
+
+    check_batches_per_epoch(len(index), world, batch_per_rank, batches_per_epoch)
     if backend == "dali":
         from yolo_ddp.data.dali import DaliTrainStream
 
@@ -71,21 +80,27 @@ def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batc
     from yolo_ddp.data.torch_loader import build_loader
 
     aug = {"hsv_h": data.hsv_h, "hsv_s": data.hsv_s, "hsv_v": data.hsv_v, "fliplr": data.fliplr,
-           "mosaic": data.mosaic, "scale": data.scale}
+           "mosaic": data.mosaic, "scale": data.scale, "translate": data.translate}
     return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=True, seed=seed, augment=aug,
                         pin_memory=device.type == "cuda", start_epoch=start_epoch,
                         batches_per_epoch=batches_per_epoch, mosaic_until=max(0, epochs - data.close_mosaic),
-                        start_batch=start_batch)
+                        start_batch=start_batch, rank=rank, world=world)
 
 
 def build_val_loader(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
                      device: torch.device, rank: int, world: int) -> Iterable[dict[str, Any]]:
-    """Every image exactly once across ranks, letterboxed, re-iterable once per evaluation."""
+    """Every image exactly once across ranks, re-iterable once per evaluation.
+
+    `data.val_rect` (default): Ultralytics' validator batches, images sorted by aspect ratio and each batch
+    letterboxed to its own (h, w), multiples of 32 that differ between batches; batch k of that order runs on
+    rank k % world, so batch shapes match a single-process run with this batch size. Otherwise imgsz x imgsz.
+    """
     if backend == "dali":
         from yolo_ddp.data.dali import DaliValLoader
 
-        return DaliValLoader(index, data.imgsz, batch_per_rank, rank, world, _dali_settings(data, device))
+        return DaliValLoader(index, data.imgsz, batch_per_rank, rank, world, _dali_settings(data, device),
+                             rect=data.val_rect)
     from yolo_ddp.data.torch_loader import build_loader
 
     return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=False,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", rank=rank, world=world, rect=data.val_rect)

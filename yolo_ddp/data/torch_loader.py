@@ -1,14 +1,15 @@
 """A torch DataLoader over a `DatasetIndex`, built from Ultralytics' own transforms.
 
-Reusing `LetterBox`/`RandomHSV`/`RandomFlip`/`Format` keeps boxes, colour order and `ratio_pad` bit-compatible with
-what `v8DetectionLoss` and the Ultralytics metrics expect; only the index (node-shared memmaps) and the samplers
-(DDP sharding without duplicated validation images) are ours.
+Reusing `Mosaic`/`RandomPerspective`/`LetterBox`/`RandomHSV`/`RandomFlip`/`Format` keeps boxes, colour order and
+`ratio_pad` bit-compatible with what `v8DetectionLoss` and the Ultralytics metrics expect; only the index
+(node-shared memmaps) and the samplers (DDP sharding, rectangular validation batches spread over ranks) are ours.
+The geometry helpers here (`load_image_size`, `rect_batches`, `val_batches`) are shared with the DALI backend.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -25,24 +26,84 @@ from ultralytics.data.augment import (
     RandomHSV,
     RandomPerspective,
 )
+from ultralytics.data.base import BaseDataset
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.utils.instance import Instances
 from ultralytics.utils.patches import imread
 
 from yolo_ddp.data.dataset import DatasetIndex
 from yolo_ddp.dist import get_rank, get_world_size
+from yolo_ddp.plan import loader_batches_per_epoch
 
 # Ultralytics' default hyperparameters for the augmentations this backend supports.
 AUGMENT_DEFAULTS: dict[str, float] = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "fliplr": 0.5, "mosaic": 0.0,
-                                      "scale": 0.5}
+                                      "translate": 0.1, "scale": 0.5}
+# Rectangular validation as Ultralytics' validator builds it: stride = the model's largest (32 for YOLOv8/11),
+# pad = 0.5 (build_yolo_dataset's value for mode != "train").
+RECT_STRIDE, RECT_PAD = 32, 0.5
+
+
+def load_image_size(hw0: tuple[int, int], imgsz: int) -> tuple[int, int]:
+    """(h, w) after Ultralytics' `BaseDataset.load_image` (rect_mode): long side imgsz, sides rounded up."""
+    h0, w0 = int(hw0[0]), int(hw0[1])
+    r = imgsz / max(h0, w0)
+    if r == 1:
+        return h0, w0
+    return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
+
+
+def rect_batches(shapes: np.ndarray, imgsz: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image indices sorted by aspect ratio, and each batch's (h, w): Ultralytics' rectangular batches.
+
+    Runs `BaseDataset.set_rectangle` itself on a stand-in holding only what it reads, so the order (its
+    argsort) and the shapes (ceil(imgsz * shape / stride + pad) * stride) are Ultralytics' by construction.
+    Batch k holds order[k * batch : (k + 1) * batch].
+    """
+    n = len(shapes)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
+    stub = SimpleNamespace(ni=n, batch_size=batch, imgsz=imgsz, stride=RECT_STRIDE, pad=RECT_PAD,
+                           im_files=list(range(n)), labels=[{"shape": (int(h), int(w))} for h, w in shapes])
+    BaseDataset.set_rectangle(stub)  # type: ignore[arg-type]
+    return np.asarray(stub.im_files, np.int64), np.asarray(stub.batch_shapes)
+
+
+def val_batches(shapes: np.ndarray, imgsz: int, batch: int, rank: int, world: int,
+                ) -> list[tuple[list[int], tuple[int, int]]]:
+    """This rank's rectangular validation batches as (image indices, (h, w)).
+
+    Batch k of the single-process order goes to rank k % world: every image is scored once, and each batch
+    keeps the shape a single-process `yolo val` with this batch size gives it.
+    """
+    order, batch_shapes = rect_batches(shapes, imgsz, batch)
+    return [(order[k * batch : (k + 1) * batch].tolist(), (int(batch_shapes[k][0]), int(batch_shapes[k][1])))
+            for k in range(rank, len(batch_shapes), world)]
+
+
+def check_batches_per_epoch(n: int, world: int, batch_per_rank: int, given: int | None) -> int:
+    """Loader batches per rank per epoch (every image every epoch); refuses a caller that expects another count."""
+    if n < 1:
+        raise ValueError("The train split has no images; add images or fix the train entry of data.yaml.")
+    want = loader_batches_per_epoch(n, world, batch_per_rank)
+    if given is not None and given != want:
+        raise ValueError(
+            f"batches_per_epoch={given}, but {n} images over {world} rank(s) in batches of {batch_per_rank} make "
+            f"{want} loader batches per rank per epoch (yolo_ddp.plan.loader_batches_per_epoch): every image is "
+            "trained every epoch, the last batch holding the remainder. Pass that number."
+        )
+    return want
 
 
 class YoloDataset(Dataset[dict[str, Any]]):
-    """One letterboxed (and, for training, colour/flip-augmented) sample per index entry.
+    """Training samples in Ultralytics' order, or letterboxed validation samples.
 
-    With `mosaic > 0`, training samples go through Ultralytics' own `Mosaic` + `RandomPerspective` (as in its
-    `v8_transforms`) instead of the letterbox, in epochs before `mosaic_until`; the sampler passes
-    `(index, epoch)` so workers know the epoch without being rebuilt.
+    Training (`augment=True`), as Ultralytics' `v8_transforms`: the image resized so its long side is imgsz
+    (`load_image`) → `Mosaic` (in epochs before `mosaic_until`, when mosaic > 0) → `RandomPerspective` (translate,
+    scale; also without mosaic, as Ultralytics where closing the mosaic only sets its p to 0) → HSV → flip. The
+    sampler passes `(index, epoch)` so workers know the epoch without being rebuilt.
+
+    Validation: with `rect_shapes` (image index → its batch's (h, w)), Ultralytics' rect validation:
+    `load_image` then `LetterBox(scaleup=False)` into the batch shape; without, a square letterbox to imgsz.
     """
 
     # Ultralytics' Mosaic draws its three partner images from `dataset.buffer`, the indices of the last
@@ -63,23 +124,29 @@ class YoloDataset(Dataset[dict[str, Any]]):
         mosaic: float = 0.0,
         scale: float = 0.5,
         mosaic_until: int = 0,
+        translate: float = 0.1,
+        rect_shapes: dict[int, tuple[int, int]] | None = None,
     ) -> None:
         self.index, self.imgsz, self.augment, self.mosaic_until = index, imgsz, augment, mosaic_until
+        self.rect_shapes = rect_shapes
         self.buffer: list[int] = []  # Mosaic reads it; `_resized` holds their pixels
         self._resized: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
-        colour_flip: list[Any] = []
-        if augment:  # after letterboxing, as in Ultralytics' v8_transforms: HSV/flip on imgsz² pixels only
-            colour_flip = [RandomHSV(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v), RandomFlip(p=fliplr, direction="horizontal")]
         fmt = Format(bbox_format="xywh", normalize=True, return_mask=False, return_keypoint=False, batch_idx=True)
-        letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False, scaleup=True, center=True)
-        self.transforms = Compose([letterbox, *colour_flip, fmt])
         self.mosaic_transforms = None
-        if augment and mosaic > 0:
-            self.mosaic_transforms = Compose([
-                Mosaic(self, imgsz=imgsz, p=mosaic),
-                RandomPerspective(degrees=0.0, translate=0.1, scale=scale, shear=0.0, size=(imgsz, imgsz)),
-                *colour_flip, fmt,
-            ])
+        if augment:
+            affine = RandomPerspective(degrees=0.0, translate=translate, scale=scale, shear=0.0, perspective=0.0,
+                                       size=(imgsz, imgsz))
+            tail = [affine, RandomHSV(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v),
+                    RandomFlip(p=fliplr, direction="horizontal"), fmt]
+            # Without mosaic the sample skips `Mosaic` rather than passing a p=0 one: same result.
+            self.transforms = Compose(tail)
+            if mosaic > 0:
+                self.mosaic_transforms = Compose([Mosaic(self, imgsz=imgsz, p=mosaic), *tail])
+        elif rect_shapes is not None:  # the batch shape arrives as the label's rect_shape, as in Ultralytics
+            self.transforms = Compose([LetterBox(new_shape=imgsz, scaleup=False), fmt])
+        else:
+            self.transforms = Compose([LetterBox(new_shape=(imgsz, imgsz), auto=False, scaleup=True, center=True),
+                                       fmt])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -105,17 +172,21 @@ class YoloDataset(Dataset[dict[str, Any]]):
             raise FileNotFoundError(f"Image {f} could not be read although it passed indexing; was it changed?")
         return img
 
+    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """Ultralytics' `load_image` (rect_mode, no cache): long side to imgsz, cv2.INTER_LINEAR."""
+        img = self._imread(i)
+        hw0 = img.shape[:2]
+        h, w = load_image_size(hw0, self.imgsz)
+        if (h, w) != hw0:
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        return img, hw0
+
     def get_image_and_label(self, i: int) -> dict[str, Any]:
-        """A sample resized so its long side is imgsz (Ultralytics' `load_image`), as `Mosaic` expects."""
+        """A `load_image` sample, kept in the mosaic buffer, as Ultralytics' transforms expect."""
         if i in self._resized:
             img, hw0 = self._resized[i]
             return self._label(i, img.copy(), hw0)  # copy: later transforms write into the image
-        img = self._imread(i)
-        hw0 = img.shape[:2]
-        r = self.imgsz / max(hw0)
-        if r != 1:
-            size = (min(math.ceil(hw0[1] * r), self.imgsz), min(math.ceil(hw0[0] * r), self.imgsz))
-            img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+        img, hw0 = self.load_image(i)
         self._resized[i] = (img, hw0)
         self.buffer.append(i)
         if len(self.buffer) > self.buffer_size:
@@ -124,13 +195,17 @@ class YoloDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         i, epoch = item if isinstance(item, tuple) else (item, None)
-        if self.mosaic_transforms is not None and epoch is not None and epoch < self.mosaic_until:
-            out = self.mosaic_transforms(self.get_image_and_label(i))
-            out["ratio_pad"] = ((1.0, 1.0), (0, 0))  # a mosaic has no single source geometry
+        if self.augment:
+            mosaic = self.mosaic_transforms is not None and epoch is not None and epoch < self.mosaic_until
+            out = (self.mosaic_transforms if mosaic else self.transforms)(self.get_image_and_label(i))
+            out["ratio_pad"] = ((1.0, 1.0), (0, 0))  # an augmented sample has no source geometry to undo
             return out
+        if self.rect_shapes is not None:
+            label = self._label(i, *self.load_image(i))
+            label["rect_shape"] = self.rect_shapes[i]
+            return self.transforms(label)
         img = self._imread(i)
-        hw = img.shape[:2]
-        label = self._label(i, img, hw)
+        label = self._label(i, img, img.shape[:2])
         label["ratio_pad"] = (1.0, 1.0)  # LetterBox turns this into ((r, r), (padw, padh))
         return self.transforms(label)
 
@@ -139,12 +214,12 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Ultralytics' collate (stack img, concat cls/bboxes, offset batch_idx) with per-image fields as lists."""
     batch = YOLODataset.collate_fn(samples)
     for k in ("im_file", "ori_shape", "resized_shape", "ratio_pad"):
-        batch[k] = list(batch[k])
+        batch[k] = [tuple(int(v) for v in x) if k == "resized_shape" else x for x in batch[k]]
     return batch
 
 
 class ShardSampler(Sampler[int]):
-    """Validation: indices rank::world, no padding, so every image is seen exactly once across ranks.
+    """Square validation: indices rank::world, no padding, so every image is seen exactly once across ranks.
 
     DistributedSampler pads with repeated images to equalise rank sizes, which double-counts them in metrics.
     """
@@ -166,34 +241,32 @@ class ShardSampler(Sampler[int]):
         """No-op, so a trainer can call set_epoch on train and val samplers alike."""
 
 
-class EpochStreamSampler(Sampler[int]):
-    """Epoch after epoch of DistributedSampler shuffles, as one endless stream of (index, epoch).
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Epoch after epoch of DistributedSampler(shuffle, drop_last=False) shards, as one endless stream of batches
+    of (index, epoch).
 
-    One DataLoader iterator then lives for the whole run, so its workers prefetch the next epoch's
-    first batches while the current one finishes; a fresh iterator per epoch starts from an empty
-    pipeline, which costs a small data set a large share of every epoch. Each epoch contributes
-    exactly `batches_per_epoch * batch_per_rank` indices, so batches never straddle two epochs and
-    every rank sees the same number of batches.
+    Every image is trained every epoch: the shuffled order is padded with repeats from its start to a multiple
+    of the world size, so each rank's shard has ceil(n / world) images, cut into full batches and one last
+    partial batch when it does not divide. Batches never straddle two epochs, and every rank yields
+    `batches_per_epoch` per epoch. One DataLoader iterator lives for the whole run, so its workers prefetch
+    the next epoch's first batches while the current one finishes.
     """
 
-    def __init__(self, n: int, batch_per_rank: int, batches_per_epoch: int, rank: int, world_size: int,
-                 seed: int = 0, start_epoch: int = 0, start_batch: int = 0) -> None:
+    def __init__(self, n: int, batch_per_rank: int, rank: int, world_size: int, seed: int = 0,
+                 start_epoch: int = 0, start_batch: int = 0) -> None:
+        self.batches_per_epoch = check_batches_per_epoch(n, world_size, batch_per_rank, None)
         self.inner = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                        drop_last=True)
-        self.per_epoch = batches_per_epoch * batch_per_rank
-        if not 0 < self.per_epoch <= len(self.inner):
-            raise ValueError(
-                f"{batches_per_epoch} batches of {batch_per_rank} per epoch need {self.per_epoch} images per rank; "
-                f"this rank's shard has {len(self.inner)}. Lower the batch size or add images."
-            )
-        self.start_epoch = start_epoch
-        self.skip = start_batch * batch_per_rank  # a mid-epoch resume continues after the batches already trained
+                                        drop_last=False)
+        self.batch, self.start_epoch = batch_per_rank, start_epoch
+        self.start_batch = start_batch  # a mid-epoch resume continues after the batches already trained
 
     def __iter__(self):
-        epoch, skip = self.start_epoch, self.skip
+        epoch, skip = self.start_epoch, self.start_batch
         while True:
             self.inner.set_epoch(epoch)
-            yield from ((i, epoch) for i in itertools.islice(iter(self.inner), skip, self.per_epoch))
+            shard = list(self.inner)
+            for b in range(skip, self.batches_per_epoch):
+                yield [(i, epoch) for i in shard[b * self.batch : (b + 1) * self.batch]]
             epoch, skip = epoch + 1, 0
 
 
@@ -219,40 +292,36 @@ def build_loader(
     start_epoch: int = 0,
     mosaic_until: int = 0,
     start_batch: int = 0,
+    rank: int | None = None,
+    world: int | None = None,
+    rect: bool = False,
 ) -> DataLoader:
-    """Train: an endless stream of shuffled DDP shards, `batches_per_epoch` full batches per epoch (default:
-    every full batch of the shard), starting at `start_epoch` (resume). Val: every image once, never augmented.
+    """Train: an endless stream of shuffled DDP shards, every image every epoch in `batches_per_epoch` batches
+    (checked against `loader_batches_per_epoch`; None: that number), from batch `start_batch` of `start_epoch`
+    on (resume). Val: every image once across ranks, never augmented; `rect`: Ultralytics' rectangular batches.
 
-    `augment` overrides `AUGMENT_DEFAULTS` for training (None: defaults; zeros disable). Worker RNGs (which the
-    Ultralytics transforms draw from: `random` and `np.random`) are seeded by torch from a generator keyed on
-    (seed, rank), so streams differ per rank and worker and continue across epochs in persistent workers. With
-    workers=0 the transforms use the main process's global RNGs.
+    `rank`/`world` default to the process group's. `augment` overrides `AUGMENT_DEFAULTS` for training (None:
+    defaults; zeros disable). Worker RNGs (which the Ultralytics transforms draw from: `random` and `np.random`)
+    are seeded by torch from a generator keyed on (seed, rank), so streams differ per rank and worker and continue
+    across epochs in persistent workers. With workers=0 the transforms use the main process's global RNGs.
     """
-    rank, world = (get_rank(), get_world_size()) if torch.distributed.is_initialized() else (0, 1)
-    dataset = YoloDataset(index, imgsz, augment=train, mosaic_until=mosaic_until, **_hyp(augment))
-    sampler: Sampler[int]
+    if rank is None or world is None:
+        rank, world = (get_rank(), get_world_size()) if torch.distributed.is_initialized() else (0, 1)
+    loader_args: dict[str, Any]
     if train:
-        per_rank = len(dataset) // world
-        if per_rank < batch_per_rank:
-            raise ValueError(
-                f"The train split has {len(index)} images, fewer than one batch per rank ({batch_per_rank} x "
-                f"{world} ranks) after dropping the remainder. Lower the batch size or add images."
-            )
-        sampler = EpochStreamSampler(len(dataset), batch_per_rank, batches_per_epoch or per_rank // batch_per_rank,
-                                     rank, world, seed, start_epoch, start_batch)
+        check_batches_per_epoch(len(index), world, batch_per_rank, batches_per_epoch)
+        dataset = YoloDataset(index, imgsz, augment=True, mosaic_until=mosaic_until, **_hyp(augment))
+        sampler = EpochBatchSampler(len(index), batch_per_rank, rank, world, seed, start_epoch, start_batch)
+        loader_args = {"batch_sampler": sampler}
+    elif rect:
+        batches = val_batches(index.shapes, imgsz, batch_per_rank, rank, world)
+        shapes = {i: shape for ids, shape in batches for i in ids}
+        dataset = YoloDataset(index, imgsz, augment=False, rect_shapes=shapes)
+        loader_args = {"batch_sampler": [ids for ids, _ in batches]}
     else:
-        sampler = ShardSampler(len(dataset), rank, world)
+        dataset = YoloDataset(index, imgsz, augment=False)
+        loader_args = {"batch_size": batch_per_rank, "sampler": ShardSampler(len(index), rank, world)}
     generator = torch.Generator()
     generator.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_per_rank,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin_memory,
-        drop_last=train,
-        persistent_workers=workers > 0,
-        generator=generator,
-    )
-    return loader
+    return DataLoader(dataset, num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                      persistent_workers=workers > 0, generator=generator, **loader_args)

@@ -1,7 +1,9 @@
 """A few validation images with predicted and true boxes, for the W&B run (rank 0, once per validated epoch).
 
-The same images every epoch, letterboxed as validation sees them, so boxes compare in one pixel space and
-the panel shows how predictions improve. Runs the (unwrapped, EMA) model alone on rank 0: no collectives.
+The same images every epoch, letterboxed by the validation transforms (`rect`: each into the rectangle a
+one-image Ultralytics validation batch gets, so shapes differ between images), so boxes compare in one pixel
+space and the panel shows how predictions improve. Runs the (unwrapped, EMA) model alone on rank 0, one image
+per forward: no collectives.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
+from ultralytics.utils import ops
 
 from yolo_ddp.data.dataset import DatasetIndex
+from yolo_ddp.data.torch_loader import YoloDataset, val_batches
 
 SHOW_CONF = 0.25  # predictions below this are left off the picture (scoring still uses train.conf)
 MAX_BOXES = 50
@@ -21,37 +24,39 @@ MAX_BOXES = 50
 
 @dataclass
 class Sample:
-    image: np.ndarray  # (imgsz, imgsz, 3) uint8 RGB, letterboxed
+    image: np.ndarray  # (h, w, 3) uint8 RGB, letterboxed as validation sees it
     true_xyxy: np.ndarray  # (k, 4) letterboxed pixels
     true_cls: np.ndarray  # (k,)
 
 
-def letterbox_sample(index: DatasetIndex, i: int, imgsz: int) -> Sample:
-    bgr = cv2.imread(index.im_files[i])
-    h, w = bgr.shape[:2]
-    r = min(imgsz / h, imgsz / w)
-    nw, nh = round(w * r), round(h * r)
-    left, top = (imgsz - nw) // 2, (imgsz - nh) // 2
-    canvas = np.full((imgsz, imgsz, 3), 114, np.uint8)  # Ultralytics' grey padding
-    canvas[top:top + nh, left:left + nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    labels = np.asarray(index.labels_for(i), dtype=np.float32).reshape(-1, 5)
-    cx, cy, bw, bh = (labels[:, 1] * nw + left, labels[:, 2] * nh + top, labels[:, 3] * nw, labels[:, 4] * nh)
-    xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-    return Sample(canvas[..., ::-1].copy(), xyxy, labels[:, 0].astype(int))
+def val_samples(index: DatasetIndex, ids: list[int], imgsz: int, rect: bool) -> list[Sample]:
+    """Images `ids` through the torch backend's validation transforms, each as a batch of one."""
+    shapes = None
+    if rect:
+        shapes = {i: val_batches(index.shapes[[i]], imgsz, 1, 0, 1)[0][1] for i in ids}
+    ds = YoloDataset(index, imgsz, augment=False, rect_shapes=shapes)
+    out = []
+    for i in ids:
+        s = ds[i]
+        h, w = s["img"].shape[1:]
+        xyxy = ops.xywh2xyxy(s["bboxes"]) * torch.tensor([w, h, w, h])
+        out.append(Sample(s["img"].permute(1, 2, 0).numpy().copy(), xyxy.numpy(), s["cls"].view(-1).int().numpy()))
+    return out
 
 
 class ValPreview:
     """Loads its images on first use; `predict` returns W&B box payloads per image."""
 
-    def __init__(self, index: DatasetIndex, names: dict[int, str], imgsz: int, scorer: Any, n: int):
-        self.index, self.names, self.imgsz, self.scorer = index, names, imgsz, scorer
+    def __init__(self, index: DatasetIndex, names: dict[int, str], imgsz: int, scorer: Any, n: int,
+                 rect: bool = True):
+        self.index, self.names, self.imgsz, self.scorer, self.rect = index, names, imgsz, scorer, rect
         self.n = min(n, len(index))
         self._samples: list[Sample] | None = None
 
     @property
     def samples(self) -> list[Sample]:
         if self._samples is None:
-            self._samples = [letterbox_sample(self.index, i, self.imgsz) for i in range(self.n)]
+            self._samples = val_samples(self.index, list(range(self.n)), self.imgsz, self.rect)
         return self._samples
 
     @torch.no_grad()
@@ -61,10 +66,12 @@ class ValPreview:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        batch = torch.from_numpy(np.stack([s.image for s in self.samples])).permute(0, 3, 1, 2)
-        preds = self.scorer.postprocess(model(batch.to(device).float() / 255))
+        out = []
+        for s in self.samples:  # one forward each: rectangles differ in shape
+            img = torch.from_numpy(s.image).permute(2, 0, 1)[None].to(device).float() / 255
+            out.append((s.image, self._boxes(s, self.scorer.postprocess(model(img))[0])))
         model.train(was_training)
-        return [(s.image, self._boxes(s, p)) for s, p in zip(self.samples, preds, strict=True)]
+        return out
 
     def _boxes(self, sample: Sample, pred: dict[str, torch.Tensor]) -> dict:
         keep = pred["conf"] >= SHOW_CONF
