@@ -109,7 +109,8 @@ def sgd_run(ddp: DDP, model, world: int, per_rank: int, accumulate: int, steps: 
         return default_hooks.allreduce_hook(None, bucket)
 
     ddp.register_comm_hook(None, counting_hook)
-    train_cfg = TrainConfig(batch=per_rank * world, nbs=per_rank * world * accumulate, grad_clip=1e9)
+    train_cfg = TrainConfig(batch=per_rank * world, nbs=per_rank * world * accumulate, grad_clip=1e9,
+                            warmup_epochs=0, epochs=1)
     plan = make_plan(train_cfg, IMGSZ, world, "off", "cpu", train_images=per_rank * world * accumulate * steps)
     assert plan.accumulate == accumulate and plan.steps_per_epoch == steps
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -118,7 +119,7 @@ def sgd_run(ddp: DDP, model, world: int, per_rank: int, accumulate: int, steps: 
     state = TrainState(model=ddp, raw=model, criterion=_sum_criterion, optimizer=optimizer,
                        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
                        scaler=torch.amp.GradScaler("cpu", enabled=False))
-    ctx = StepContext(plan, train_cfg, torch.device("cpu"), None, warmup_steps=0, log_every_steps=1)
+    ctx = StepContext(plan, train_cfg, torch.device("cpu"), None, log_every_steps=1)
     return state, ctx, calls, before, trainable
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from yolo_ddp.plan import RunPlan
+
 pytestmark = pytest.mark.slow
 
 TINY = [
@@ -52,7 +54,8 @@ def test_torchrun_trains_checkpoints_and_resumes(tmp_path):
     assert "final mAP50=" in first.stdout
 
     state = torch.load(run_dir / "last.pt", weights_only=True)  # the training state needs no unpickling
-    assert state["epoch"] == 2 and state["step"] == 2 * plan["steps_per_epoch"]
+    schedule = RunPlan(**plan).schedule
+    assert state["epoch"] == 2 and state["step"] == schedule.first_step(2)
 
     from ultralytics import YOLO
 
@@ -69,7 +72,7 @@ def test_torchrun_trains_checkpoints_and_resumes(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert epochs_in(run_dir / "metrics.csv") == [1, 2, 3]  # no epoch repeated or skipped
     state = torch.load(run_dir / "last.pt", weights_only=True)
-    assert state["epoch"] == 3 and state["step"] == 3 * plan["steps_per_epoch"]
+    assert state["epoch"] == 3 and state["step"] == RunPlan(**{**plan, "epochs": 3}).schedule.first_step(3)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):

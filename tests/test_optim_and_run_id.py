@@ -7,7 +7,8 @@ import torch
 
 from launcher import run_id as rid
 from yolo_ddp.config import TrainConfig
-from yolo_ddp.optim import OptimizerChoice, build_optimizer, build_scheduler, choose_optimizer, param_groups
+from yolo_ddp.optim import OptimizerChoice, build_optimizer, build_scheduler
+from yolo_ddp.schedule import StepSchedule, lr_lambda
 
 
 def _model():
@@ -15,9 +16,11 @@ def _model():
 
 
 def test_param_groups_exclude_norm_and_bias_from_decay():
-    groups = {g["group"]: g for g in param_groups(_model(), weight_decay=0.01)}
+    """Ultralytics' own grouping (BaseTrainer.build_optimizer): decayed weights, norm weights, biases."""
+    opt = build_optimizer(_model(), OptimizerChoice("SGD", 0.01, 0.9), weight_decay=0.01)
+    groups = {g["param_group"]: g for g in opt.param_groups}
     assert len(groups["weight"]["params"]) == 2 and groups["weight"]["weight_decay"] == 0.01
-    assert len(groups["norm"]["params"]) == 1 and groups["norm"]["weight_decay"] == 0.0
+    assert len(groups["bn"]["params"]) == 1 and groups["bn"]["weight_decay"] == 0.0
     assert len(groups["bias"]["params"]) == 3 and groups["bias"]["weight_decay"] == 0.0
 
 
@@ -26,21 +29,17 @@ def test_warmup_then_decay_to_lrf(cos):
     train = TrainConfig(lr0=0.01, lrf=0.1, warmup_bias_lr=0.1, cos_lr=cos)
     choice = OptimizerChoice("SGD", 0.01, 0.9)
     opt = build_optimizer(_model(), choice, 5e-4)
-    sched = build_scheduler(opt, train, choice, warmup_steps=10, total_steps=100)
+    schedule = StepSchedule(batches_per_epoch=10, accumulate=1, warmup_batches=10, epochs=10)
+    sched = build_scheduler(opt, train, choice, schedule)
     lrs = []
     for _ in range(100):
-        lrs.append({g["group"]: g["lr"] for g in opt.param_groups})
+        lrs.append({g["param_group"]: g["lr"] for g in opt.param_groups})
         opt.step()
         sched.step()
     assert lrs[0]["weight"] == 0.0 and lrs[0]["bias"] == pytest.approx(0.1)  # bias falls, weights rise
     assert lrs[10]["weight"] == pytest.approx(lrs[10]["bias"])
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.1)
-
-
-def test_auto_optimizer_follows_ultralytics():
-    assert choose_optimizer(TrainConfig(), nc=6, total_steps=100).name == "AdamW"
-    assert choose_optimizer(TrainConfig(), nc=6, total_steps=20_000).name == "SGD"
-    assert choose_optimizer(TrainConfig(optimizer="SGD", lr0=0.02), 6, 100) == OptimizerChoice("SGD", 0.02, 0.937)
+    assert lrs[99]["weight"] == pytest.approx(0.01 * lr_lambda(10, 0.1, cos)(9))  # per epoch, toward lrf
+    assert lrs[95]["weight"] == lrs[99]["weight"]  # constant within an epoch after warmup
 
 
 @pytest.fixture

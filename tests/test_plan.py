@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -22,7 +24,8 @@ def test_nominal_batch_is_kept_across_world_sizes(batch, world, accumulate):
     assert plan.accumulate == accumulate
     assert plan.effective_batch == batch * accumulate
     assert plan.weight_decay == pytest.approx(5e-4 * plan.effective_batch / 64)
-    assert plan.steps_per_epoch == (10_000 // batch) // accumulate
+    assert plan.loader_batches_per_epoch == math.ceil(10_000 / batch)  # every image, every epoch
+    assert plan.steps_per_epoch == math.ceil(math.ceil(10_000 / batch) / accumulate)
 
 
 def test_global_batch_above_nominal_is_accepted_with_a_warning():
@@ -35,14 +38,28 @@ def test_global_batch_above_nominal_is_accepted_with_a_warning():
     assert make_plan(TrainConfig(batch=64, nbs=64), 640, 8, "off", "cpu", 10_000).warnings() == []
 
 
-def test_accumulation_never_exceeds_an_epoch():
-    plan = make_plan(TrainConfig(batch=8, nbs=64), 320, 2, "off", "cpu", train_images=24)
-    assert plan.micro_batches_per_epoch == 3 and plan.accumulate == 3 and plan.steps_per_epoch == 1
+def test_accumulation_is_capped_by_the_run_as_ultralytics():
+    """Ultralytics caps accumulate at the run's batches (len(loader) * epochs), not one epoch's; an epoch here then
+    ends with a step over its 3 batches."""
+    plan = make_plan(TrainConfig(batch=8, nbs=64, epochs=100), 320, 2, "off", "cpu", train_images=24)
+    assert plan.loader_batches_per_epoch == 3 and plan.accumulate == 8 and plan.steps_per_epoch == 1
+    one_epoch = make_plan(TrainConfig(batch=8, nbs=64, epochs=2), 320, 2, "off", "cpu", train_images=24)
+    assert one_epoch.accumulate == 6
 
 
-def test_too_few_images_for_one_batch():
-    with pytest.raises(ValueError, match="fewer than one global batch"):
-        make_plan(TrainConfig(batch=64), 320, 2, "off", "cpu", train_images=10)
+def test_every_image_trains_every_epoch():
+    """100 images, batch 16, nbs 64: 7 loader batches (the last holds 4 images) in 2 steps, none dropped."""
+    plan = make_plan(TrainConfig(batch=16, nbs=64, epochs=10, warmup_epochs=0), 320, 1, "off", "cpu", 100)
+    assert plan.loader_batches_per_epoch == 7 and plan.schedule.steps_in_epoch(3) == [4, 3]
+    two = make_plan(TrainConfig(batch=16, nbs=64, epochs=10, warmup_epochs=0), 320, 2, "off", "cpu", 99)
+    assert two.loader_batches_per_epoch == 7  # ceil(99 / 2) = 50 per rank (one repeat pads), batches of 8
+
+
+def test_fewer_images_than_a_batch_train_as_one_partial_batch():
+    plan = make_plan(TrainConfig(batch=64), 320, 2, "off", "cpu", train_images=10)
+    assert plan.loader_batches_per_epoch == 1
+    with pytest.raises(ValueError, match="no images"):
+        make_plan(TrainConfig(batch=64), 320, 2, "off", "cpu", train_images=0)
 
 
 def test_sync_bn_auto_below_threshold():

@@ -113,6 +113,16 @@ def plan(batch: int, world: int, images: int = 1000, nbs: int = 64):
     return make_plan(TrainConfig(batch=batch, nbs=nbs), 320, world, "off", "cpu", images)
 
 
+def test_more_epochs_continue_unless_the_warmup_moves_the_resumed_epoch(tmp_path: Path) -> None:
+    def warm(epochs: int, warmup: float = 3.0):
+        return make_plan(TrainConfig(batch=8, nbs=64, epochs=epochs, warmup_epochs=warmup), 320, 1, "off", "cpu", 64)
+
+    assert resume.check_plan(warm(10).as_dict(), warm(20), tmp_path / "last.pt", epoch=10) is None
+    assert resume.check_plan(warm(10).as_dict(), warm(20), tmp_path / "last.pt", epoch=2) is None  # same warmup
+    with pytest.raises(CheckpointError, match=r"1 finished epoch\(s\) of a 3-epoch run.*train\.epochs=2 .*Resume with the run's train\.epochs=3"):
+        resume.check_plan(warm(3).as_dict(), warm(2), tmp_path / "last.pt", epoch=1)  # warmup capped at 1 epoch
+
+
 def test_world_size_change_with_the_same_plan_continues(tmp_path: Path) -> None:
     saved = plan(32, 2).as_dict()
     message = resume.check_plan(saved, plan(32, 4), tmp_path / "last.pt")
@@ -121,7 +131,7 @@ def test_world_size_change_with_the_same_plan_continues(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("batch", "world", "images", "needle"),
-                         [(16, 4, 1000, "global_batch 32 -> 16"), (32, 4, 640, "steps_per_epoch 15 -> 10")])
+                         [(16, 4, 1000, "global_batch 32 -> 16"), (32, 4, 640, "loader_batches_per_epoch 32 -> 20")])
 def test_plan_change_is_refused(tmp_path: Path, batch: int, world: int, images: int, needle: str) -> None:
     with pytest.raises(CheckpointError, match=needle) as err:
         resume.check_plan(plan(32, 2).as_dict(), plan(batch, world, images), tmp_path / "last.pt")
@@ -134,13 +144,14 @@ def test_plan_change_is_refused(tmp_path: Path, batch: int, world: int, images: 
 @pytest.mark.slow
 def test_resume_by_path_on_another_world_size_then_refuse_a_new_batch(tmp_path: Path) -> None:
     launcher = [sys.executable, "-m", "launcher"]
-    first = launch([*launcher, "launcher.nproc_per_node=2", "train.epochs=1"], tmp_path)
+    # No warmup: a 1-epoch run has none (Ultralytics caps it at epochs - 1), a 2-epoch one would.
+    first = launch([*launcher, "launcher.nproc_per_node=2", "train.epochs=1", "train.warmup_epochs=0"], tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     [run_dir] = [p.parent for p in (tmp_path / "out").rglob("metrics.csv")]
 
     # No hydra.run.dir: the run continues in the checkpoint's dir, on one rank with the same global batch.
-    again = launch([*launcher, "launcher.nproc_per_node=1", "train.epochs=2", f"train.resume={run_dir / 'last.pt'}"],
-                   tmp_path)
+    again = launch([*launcher, "launcher.nproc_per_node=1", "train.epochs=2", "train.warmup_epochs=0",
+                    f"train.resume={run_dir / 'last.pt'}"], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "world size changed on resume: 2 -> 1 ranks, per-rank batch 4 -> 8" in again.stdout
     assert epochs_in(run_dir / "metrics.csv") == [1, 2]

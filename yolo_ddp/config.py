@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-OPTIMIZERS = ("auto", "SGD", "AdamW")
+OPTIMIZERS = ("auto", "SGD", "AdamW", "MuSGD")
+LOSS_NORMS = ("global", "per_batch")
 DATA_BACKENDS = ("auto", "dali", "torch")
 SYNTHETIC_DATA = "pcb_defects"  # the only data set that needs no files
 
@@ -63,8 +64,15 @@ class DataConfig:
     hsv_v: float = 0.4
     fliplr: float = 0.5
     mosaic: float = 1.0  # 4-image mosaic probability per training sample
-    scale: float = 0.5  # mosaic tiles are resized by a random factor in [1 - scale, 1 + scale]
+    # Ultralytics' RandomPerspective on every training sample (after the mosaic, or alone without one): resized
+    # by a random factor in [1 - scale, 1 + scale], centre shifted by up to +-translate of imgsz on each axis.
+    scale: float = 0.5
+    translate: float = 0.1
     close_mosaic: int = 10  # no mosaic in the last N epochs, as Ultralytics
+    # Validate as Ultralytics' validator: batches of images sorted by aspect ratio, each letterboxed to its own
+    # rectangle (multiple of 32, pad 0.5). false: every image letterboxed to imgsz x imgsz (cheaper to pad, but
+    # mAP then differs from `yolo val`).
+    val_rect: bool = True
     dali: DaliConfig = field(default_factory=DaliConfig)
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
 
@@ -78,6 +86,7 @@ class DataConfig:
                f"data.yaml), or use data=pcb_defects for the built-in synthetic set.")
         _check(self.close_mosaic >= 0, "data.close_mosaic", "must be >= 0 epochs.")
         _check(0.0 <= self.scale < 1.0, "data.scale", "must be in [0, 1).")
+        _check(0.0 <= self.translate <= 1.0, "data.translate", "is a fraction of imgsz and must be in [0, 1].")
         for key in ("hsv_h", "hsv_s", "hsv_v", "fliplr", "mosaic"):
             _check(0.0 <= getattr(self, key) <= 1.0, f"data.{key}", "must be in [0, 1].")
 
@@ -110,6 +119,9 @@ class TrainConfig:
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
     cos_lr: bool = False
+    # global: one loss normaliser per optimizer step, so ranks x micro-batches train what one forward on the
+    # step's images would (yolo_ddp/loss_norm.py); per_batch: Ultralytics' normaliser per forward.
+    loss_norm: str = "global"
     amp: str = "auto"
     sync_bn: str = "auto"  # auto: SyncBatchNorm when world > 1 and per-rank batch < sync_bn_below
     sync_bn_below: int = 8
@@ -163,6 +175,7 @@ class TrainConfig:
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"choose one of {OPTIMIZERS}.")
         _check(self.amp in AMP_MODES, "train.amp", f"got '{self.amp}'; choose one of {AMP_MODES}.")
         _check(self.sync_bn in ("auto", "on", "off"), "train.sync_bn", "choose auto, on or off.")
+        _check(self.loss_norm in LOSS_NORMS, "train.loss_norm", f"got '{self.loss_norm}'; choose one of {LOSS_NORMS}.")
         _check(self.lr0 > 0, "train.lr0", "must be > 0.")
         _check(0 < self.lrf <= 1, "train.lrf", "is the final lr fraction and must be in (0, 1].")
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0.")

@@ -128,6 +128,20 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return out / get_world_size()
 
 
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum across ranks, in place (a device tensor: no host sync under NCCL)."""
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank `src`'s buffers (BatchNorm statistics), as Ultralytics does for the EMA before validation."""
+    if is_dist():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=src)
+
+
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if not is_dist():
         return t.clone()

@@ -1,8 +1,9 @@
 """Distributed validation scored with Ultralytics' own NMS, matching and mAP code.
 
 Each rank runs its shard (every image exactly once across ranks), keeps Ultralytics' per-image
-stats, and rank 0 gathers and reduces them with `DetMetrics`. Boxes are compared in letterboxed
-pixel space: IoU is invariant to the letterbox's uniform scale and shift, so no mapping back to the
+stats, and rank 0 gathers and reduces them with `DetMetrics`. Boxes are compared in each batch's
+letterboxed pixel space (a batch's (h, w) may differ from the next one's with rectangular validation,
+`data.val_rect`): IoU is invariant to the letterbox's uniform scale and shift, so no mapping back to the
 original image is needed for mAP.
 """
 
@@ -30,10 +31,7 @@ class EvalResult:
     per_class_ap50_95: dict[str, float]
     images: int
     instances: int
-
-    @property
-    def fitness(self) -> float:
-        return 0.1 * self.map50 + 0.9 * self.map50_95  # Ultralytics' fitness weights
+    fitness: float = 0.0  # Ultralytics' own DetMetrics.fitness (8.4: mAP50-95 only): picks best.pt's epoch
 
 
 def make_scorer(names: dict[int, str], conf: float, iou: float, max_det: int, save_dir: Path) -> DetectionValidator:
@@ -49,12 +47,13 @@ def make_scorer(names: dict[int, str], conf: float, iou: float, max_det: int, sa
     return scorer
 
 
-def _targets(batch: dict, si: int, imgsz: tuple[int, int], device: torch.device) -> dict[str, torch.Tensor]:
+def _targets(batch: dict, si: int, hw: tuple[int, int], device: torch.device) -> dict[str, torch.Tensor]:
+    """Image si's labels in pixels of its batch: `bboxes` are xywh normalized to the batch's (h, w)."""
     idx = batch["batch_idx"] == si
     cls = batch["cls"][idx].squeeze(-1).to(device)
     boxes = batch["bboxes"][idx].to(device)
     if len(cls):
-        boxes = ops.xywh2xyxy(boxes) * torch.tensor(imgsz, device=device)[[1, 0, 1, 0]]
+        boxes = ops.xywh2xyxy(boxes) * torch.tensor(hw, device=device)[[1, 0, 1, 0]]
     return {"cls": cls, "bboxes": boxes}
 
 
@@ -107,4 +106,5 @@ def evaluate(
         per_class_ap50_95=per_class,
         images=n_images,
         instances=int(sum(len(t) for t in metrics.stats["target_cls"])),
+        fitness=float(metrics.fitness),
     )

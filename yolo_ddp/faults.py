@@ -20,6 +20,7 @@ from yolo_ddp import dist
 from yolo_ddp.heartbeat import Heartbeat
 from yolo_ddp.loop import TrainState
 from yolo_ddp.memory.oom import OOMGuard
+from yolo_ddp.schedule import StepSchedule
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,14 @@ def stop_on_signals() -> Iterator[StopSignal]:
 
 
 def after_step_hook(stop: StopSignal, guard: OOMGuard, heartbeat: Heartbeat, save_every_steps: int,
-                    steps_per_epoch: int, save: Callable[[], None]) -> Callable[[TrainState], bool]:
+                    schedule: StepSchedule, save: Callable[[], None]) -> Callable[[TrainState], bool]:
     """What every rank runs after each optimizer step; True ends the epoch (and the run) early."""
 
     def after_step(state: TrainState) -> bool:
         heartbeat.beat(state.step)
         stopping = guard.agreed(stop.event.is_set())  # one rank's signal stops all of them at the same step
-        end_of_epoch = state.step % steps_per_epoch == 0  # the epoch loop checkpoints those itself
+        # The epoch loop checkpoints epoch ends itself.
+        end_of_epoch = schedule.first_step(schedule.epoch_of(state.step)) == state.step
         periodic = save_every_steps > 0 and state.step % save_every_steps == 0 and not end_of_epoch
         if stopping or periodic:
             dist.barrier()  # every rank finished this step before rank 0 records it as done

@@ -1,9 +1,10 @@
 """The training step and epoch: DDP, AMP and gradient accumulation readable in one screen.
 
-Loss semantics follow Ultralytics: its criterion returns the loss summed over the local batch; DDP
-averages gradients over ranks, so multiplying by world size makes every optimizer step's gradient
-the sum over all `effective_batch` images — the same update as one process on the union batch.
-Non-final micro-steps run under `no_sync()`, so there is exactly one all-reduce per optimizer step.
+Loss semantics follow Ultralytics: its criterion returns the loss times the local batch; DDP averages
+gradients over ranks, so multiplying by world size sums them. `LossNormaliser` (yolo_ddp/loss_norm.py) gives
+the step one normaliser, so the update equals one forward on all of the step's images, however they are split
+over ranks and micro-batches. Non-final micro-steps run under `no_sync()`: one all-reduce per optimizer step.
+Which batches form a step, and each step's LR and momentum, come from `yolo_ddp.schedule` (Ultralytics' rules).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from yolo_ddp import dist
 from yolo_ddp.config import TrainConfig
 from yolo_ddp.logging import NullWriter, StepWindow, peak_memory_gib
+from yolo_ddp.loss_norm import LossNormaliser
 from yolo_ddp.memory.oom import OOMGuard, split_batch
 from yolo_ddp.memory.run import STRIDE
-from yolo_ddp.optim import warmup_momentum
+from yolo_ddp.optim import set_step_momentum
 from yolo_ddp.plan import RunPlan
+from yolo_ddp.schedule import StepSchedule
 from yolo_ddp.sync_bn import has_collective_norm
 
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
@@ -43,6 +46,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     ema: Any = None  # ultralytics ModelEMA
     forward: torch.nn.Module | None = None  # what the step calls: `model` (the default), or torch.compile's wrapper
+    norm: LossNormaliser | None = None  # None: the criterion's own per-forward normalisation
     epoch: int = 0  # completed epochs
     step: int = 0  # completed optimizer steps
     best_fitness: float = float("-inf")
@@ -94,32 +98,40 @@ class StepContext:
     train: TrainConfig
     device: torch.device
     amp_dtype: torch.dtype | None
-    warmup_steps: int
     log_every_steps: int
 
+    @property
+    def schedule(self) -> StepSchedule:
+        return self.plan.schedule
 
-def optimizer_step(s: TrainState, ctx: StepContext) -> None:
+
+def optimizer_step(s: TrainState, ctx: StepContext, grad_factor: torch.Tensor | None = None) -> None:
     s.scaler.unscale_(s.optimizer)
+    if grad_factor is not None:  # the step's one loss normaliser (yolo_ddp/loss_norm.py), before clipping
+        torch._foreach_mul_([p.grad for p in s.raw.parameters() if p.grad is not None], grad_factor)
     torch.nn.utils.clip_grad_norm_(s.raw.parameters(), max_norm=ctx.train.grad_clip)
     s.scaler.step(s.optimizer)
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
     s.step += 1
     s.scheduler.step()
-    warmup_momentum(s.optimizer, s.step, ctx.warmup_steps, ctx.train)
     if s.ema is not None:
         s.ema.update(s.raw)
 
 
-def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext, guard: OOMGuard) -> torch.Tensor | None:
+def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext,
+                     guard: OOMGuard) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """Accumulate one optimizer step's gradients over `batches`, each cut into `guard.splits` micro-batches.
 
-    Returns the summed loss items, or None when some rank ran out of memory (every rank returns None then;
-    see yolo_ddp/memory/oom.py for where the ranks agree and why).
+    Returns the summed loss items and the gradient factor of the step's loss normaliser, or None when some rank
+    ran out of memory (every rank returns None then; see yolo_ddp/memory/oom.py for where the ranks agree and why).
     """
     device, world, ddp = ctx.device, ctx.plan.world_size, isinstance(s.model, DDP)
     autocast = torch.autocast(device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else nullcontext()
     micro = [m for b in batches for m in split_batch(b, guard.splits)]
+    step_images = sum(len(b["img"]) for b in batches) * world  # every rank's step holds as many (padded shards)
+    if s.norm is not None:
+        s.norm.begin_step()
     loss_sum = torch.zeros(len(LOSS_NAMES), device=device)
     for i, mb in enumerate(micro):
         final = i == len(micro) - 1  # only the last micro-step all-reduces gradients
@@ -130,6 +142,8 @@ def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext, guard
             try:
                 with autocast:
                     loss, items = s.criterion(s.forward(img), targets)
+                if s.norm is not None:
+                    loss = s.norm.micro_loss(loss, len(img), step_images)
             except torch.OutOfMemoryError:
                 guard.refuse_if_collective_forward(ddp and has_collective_norm(s.raw), s.step, ctx.plan.batch_per_rank)
             if guard.agreed(loss is None):  # no gradient all-reduce is in flight yet
@@ -145,7 +159,8 @@ def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext, guard
             if (not final or not ddp) and guard.agreed(loss is None):
                 return None
         loss_sum += torch.stack([items[k] for k in items])[: len(LOSS_NAMES)].detach()
-    return loss_sum / len(micro) * len(batches)  # mean per loader batch, whatever the split
+    factor = s.norm.finish_step() if s.norm is not None else None
+    return loss_sum / len(micro) * len(batches), factor  # items: mean per loader batch, whatever the split
 
 
 def drain_reducer(model: DDP, loss: torch.Tensor | None, img: torch.Tensor) -> None:
@@ -175,39 +190,42 @@ def train_one_epoch(s: TrainState, batches: Iterator[dict], ctx: StepContext, wr
     requests) runs after every optimizer step on every rank; when it returns True the epoch ends early
     and the result says `stopped`.
     """
-    plan = ctx.plan
+    plan, schedule = ctx.plan, ctx.schedule
     s.model.train()
-    first = s.step - s.epoch * plan.steps_per_epoch  # > 0 only when resuming from a mid-epoch checkpoint
+    counts = schedule.steps_in_epoch(s.epoch)  # loader batches of each optimizer step
+    first = s.step - schedule.first_step(s.epoch)  # > 0 only when resuming from a mid-epoch checkpoint
     loss_sum = torch.zeros(len(LOSS_NAMES), device=ctx.device)
     images, t0, window, stopped, done = 0, time.perf_counter(), StepWindow(), False, 0
-    bar = writer.progress(range(first, plan.steps_per_epoch), total=plan.steps_per_epoch - first,
+    bar = writer.progress(range(first, len(counts)), total=len(counts) - first,
                           desc=f"epoch {s.epoch + 1}/{plan.epochs}")
     for n in bar:
-        step_batches = list(itertools.islice(batches, plan.accumulate))  # kept until the step succeeds
+        step_batches = list(itertools.islice(batches, counts[n]))  # kept until the step succeeds
         window.data_ready(sum(len(b["img"]) for b in step_batches))
-        while (items := forward_backward(s, step_batches, ctx, guard)) is None:
+        set_step_momentum(s.optimizer, schedule, s.step, ctx.train)
+        while (result := forward_backward(s, step_batches, ctx, guard)) is None:
             s.optimizer.zero_grad(set_to_none=True)  # drop the partial step's gradients
             guard.recover(s.step, plan.batch_per_rank, "forward/backward")
-        optimizer_step(s, ctx)
+        items, grad_factor = result
+        optimizer_step(s, ctx, grad_factor)
         window.step_done()
         loss_sum += items
         images += sum(len(b["img"]) for b in step_batches)
-        done = n + 1 - first
+        done += counts[n]
         if s.step % ctx.log_every_steps == 0:  # same step on every rank: the mean is a collective
-            mean = dist.all_reduce_mean(loss_sum / (done * plan.accumulate)).tolist()
+            mean = dist.all_reduce_mean(loss_sum / done).tolist()
             writer.update_progress(bar, {**dict(zip(LOSS_NAMES, mean, strict=True)),
                                          "lr": s.optimizer.param_groups[0]["lr"],
                                          "img/s": images * plan.world_size / (time.perf_counter() - t0),
                                          **_memory()})
             writer.step_row(s.step, {**dict(zip(LOSS_NAMES, mean, strict=True)), "lr": s.optimizer.param_groups[0]["lr"],
-                                     "amp_scale": s.scaler.get_scale(), "epoch": s.epoch + (n + 1) / plan.steps_per_epoch},
+                                     "amp_scale": s.scaler.get_scale(), "epoch": s.epoch + (n + 1) / len(counts)},
                             dist.gather_objects(window.collect(ctx.device)))  # per-rank stats, to rank 0
         if after_step is not None and after_step(s):
             stopped = True
             break
     elapsed = time.perf_counter() - t0
     peak = dist.all_reduce_max(torch.tensor([peak_memory_gib(ctx.device)], device=ctx.device)).item()
-    mean = dist.all_reduce_mean(loss_sum / max(done * plan.accumulate, 1)).tolist()
+    mean = dist.all_reduce_mean(loss_sum / max(done, 1)).tolist()
     return {**dict(zip(LOSS_NAMES, mean, strict=True)), "img_per_s": images * plan.world_size / elapsed,
             "stopped": stopped,
             "epoch_time_s": elapsed, "lr": s.optimizer.param_groups[0]["lr"], "micro_batch_splits": guard.splits,

@@ -1,21 +1,27 @@
-"""Optimizer with Ultralytics' three param groups and a per-optimizer-step LR schedule.
+"""The optimizer and its LR/momentum schedule, as the installed Ultralytics builds them.
 
-Groups: conv/linear weights (decay), norm weights (no decay), biases (no decay). The schedule is a
-torch `LambdaLR` stepped once per optimizer step: linear warmup (biases fall from warmup_bias_lr,
-the rest rise from 0), then linear or cosine decay to lr0 * lrf over the run.
+The choice (`train.optimizer=auto`) and the param groups are Ultralytics' own: `choose_optimizer` applies the
+rule of `BaseTrainer.build_optimizer`, and `build_optimizer` calls that method itself, so groups (decayed
+weights, norm weights, biases; Muon matrices for MuSGD, with its 3x LR on the class head) and optimizer classes
+are exactly `yolo train`'s. The LR follows `yolo_ddp.schedule` (per batch in warmup, per epoch after), driven
+by a torch `LambdaLR` stepped once per optimizer step.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import nn
+from ultralytics.engine.trainer import BaseTrainer
 
 from yolo_ddp.config import TrainConfig
+from yolo_ddp.schedule import StepSchedule, lr_lambda
 
-NORM_LAYERS = tuple(v for k, v in nn.__dict__.items() if "Norm" in k and isinstance(v, type))
+FUSABLE = ("SGD", "Adam", "AdamW")  # torch optimizers with a fused kernel on CPU and CUDA
+KERNEL_KEYS = ("fused", "foreach")
 
 
 @dataclass(frozen=True)
@@ -23,83 +29,69 @@ class OptimizerChoice:
     name: str
     lr0: float
     momentum: float
+    warmup_bias_lr: float = 0.1  # where bias LRs start their warmup; Ultralytics zeroes it for `auto`
 
 
-def choose_optimizer(train: TrainConfig, nc: int, total_steps: int) -> OptimizerChoice:
-    """`auto` follows Ultralytics: SGD for long runs, AdamW with a fitted lr for short ones."""
+def auto_iterations(train_images: int, global_batch: int, nbs: int, epochs: int) -> int:
+    """The iteration count Ultralytics' `optimizer=auto` decides on (`_build_train_pipeline`)."""
+    return math.ceil(train_images / max(global_batch, nbs)) * epochs
+
+
+def choose_optimizer(train: TrainConfig, nc: int, iterations: int) -> OptimizerChoice:
+    """`auto` is Ultralytics 8.4's rule: MuSGD (lr 0.01, momentum 0.9) above 10k iterations, else AdamW with
+    lr fitted to the class count; either way bias warmup starts at 0. A named optimizer keeps every value."""
     if train.optimizer != "auto":
-        return OptimizerChoice(train.optimizer, train.lr0, train.momentum)
-    if total_steps > 10_000:
-        return OptimizerChoice("SGD", 0.01, 0.9)
-    return OptimizerChoice("AdamW", round(0.002 * 5 / (4 + nc), 6), 0.9)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay_norm, bias = [], [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if name == "bias":
-                bias.append(p)
-            elif isinstance(module, NORM_LAYERS):
-                no_decay_norm.append(p)
-            else:
-                decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "group": "weight"},
-        {"params": no_decay_norm, "weight_decay": 0.0, "group": "norm"},
-        {"params": bias, "weight_decay": 0.0, "group": "bias"},
-    ]
+        return OptimizerChoice(train.optimizer, train.lr0, train.momentum, train.warmup_bias_lr)
+    if iterations > 10_000:
+        return OptimizerChoice("MuSGD", 0.01, 0.9, 0.0)
+    return OptimizerChoice("AdamW", round(0.002 * 5 / (4 + nc), 6), 0.9, 0.0)
 
 
 def build_optimizer(model: nn.Module, choice: OptimizerChoice, weight_decay: float,
                     fused: bool = True) -> torch.optim.Optimizer:
-    """`fused`: one kernel for the whole update, on CPU and CUDA (2-2.7x faster than torch's default on CPU)."""
-    groups = param_groups(model, weight_decay)
-    kernel = {"fused": True} if fused else {}
-    if choice.name == "SGD":
-        return torch.optim.SGD(groups, lr=choice.lr0, momentum=choice.momentum, nesterov=True, **kernel)
-    if choice.name == "AdamW":
-        return torch.optim.AdamW(groups, lr=choice.lr0, betas=(choice.momentum, 0.999), **kernel)
-    raise ValueError(f"Config key 'train.optimizer': unsupported optimizer '{choice.name}'.")
+    """Ultralytics' param groups and optimizer class; `fused`: one kernel for the whole update on CPU and CUDA
+    (2-2.7x faster than torch's default on CPU), for the torch optimizers that have one."""
+    trainer = SimpleNamespace(args=SimpleNamespace(optimizer=choice.name, lr0=choice.lr0,
+                                                   warmup_bias_lr=choice.warmup_bias_lr), data={})
+    optimizer = BaseTrainer.build_optimizer(trainer, model, name=choice.name, lr=choice.lr0,
+                                            momentum=choice.momentum, decay=weight_decay)
+    if not fused or choice.name not in FUSABLE or optimizer.param_groups[0].get("fused"):
+        return optimizer
+    # fused=True must reach the constructor: that is where GradScaler learns the step skips infs itself.
+    groups = [{k: v for k, v in g.items() if k not in KERNEL_KEYS} for g in optimizer.param_groups]
+    return type(optimizer)(groups, fused=True)
 
 
-def lr_factor(step: int, total_steps: int, lrf: float, cos: bool) -> float:
-    x = min(step / max(total_steps, 1), 1.0)
-    if cos:
-        return ((1 - math.cos(x * math.pi)) / 2) * (lrf - 1) + 1
-    return (1 - x) * (1.0 - lrf) + lrf
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, choice: OptimizerChoice,
+                    schedule: StepSchedule) -> torch.optim.lr_scheduler.LambdaLR:
+    """LR of optimizer step `s` (LambdaLR's counter): Ultralytics' value at the loader batch that takes it."""
+    lf = lr_lambda(schedule.epochs, train.lrf, train.cos_lr)
+    last = max(schedule.total_steps - 1, 0)
 
+    def make(start_lr: float, initial_lr: float):
+        start = start_lr / initial_lr
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    train: TrainConfig,
-    choice: OptimizerChoice,
-    warmup_steps: int,
-    total_steps: int,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    def make(start_factor: float):
         def factor(step: int) -> float:
-            target = lr_factor(step, total_steps, train.lrf, train.cos_lr)
-            if step >= warmup_steps:
-                return target
-            return start_factor + (target - start_factor) * step / warmup_steps
+            step = min(step, last)  # the scheduler is stepped once more after the final step
+            target = lf(schedule.epoch_of(step))
+            ni = schedule.last_batch_of(step)
+            return schedule.warmup_value(ni, start, target) if schedule.in_warmup(ni) else target
 
         return factor
 
-    # Biases start high under SGD (Ultralytics' warmup_bias_lr); Adam-style optimizers start them at zero.
-    bias_start = train.warmup_bias_lr / choice.lr0 if choice.name == "SGD" else 0.0
-    lambdas = [make(bias_start if g["group"] == "bias" else 0.0) for g in optimizer.param_groups]
+    lambdas = [make(choice.warmup_bias_lr if g.get("param_group") == "bias" else 0.0, g["lr"])
+               for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
-def warmup_momentum(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int, train: TrainConfig) -> None:
-    """Momentum (SGD) or beta1 (AdamW) rises from warmup_momentum to its target during warmup."""
-    if step > warmup_steps or warmup_steps == 0:
+def set_step_momentum(optimizer: torch.optim.Optimizer, schedule: StepSchedule, step: int,
+                      train: TrainConfig) -> None:
+    """SGD-style momentum rises from warmup_momentum to train.momentum during warmup, as Ultralytics sets it per
+    batch (groups with a `momentum` key only: AdamW's beta1 stays as built)."""
+    ni = schedule.last_batch_of(step)
+    if not schedule.in_warmup(ni):
         return
+    value = schedule.warmup_value(ni, train.warmup_momentum, train.momentum)
     for group in optimizer.param_groups:
-        key = "momentum" if "momentum" in group and "betas" not in group else "betas"
-        target = group.setdefault("target_momentum", group[key][0] if key == "betas" else group[key])
-        value = train.warmup_momentum + (target - train.warmup_momentum) * step / warmup_steps
-        group[key] = (value, group[key][1]) if key == "betas" else value
+        if "momentum" in group:
+            group["momentum"] = value

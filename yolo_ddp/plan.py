@@ -7,12 +7,14 @@ say exactly what it trained with.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 
 from yolo_ddp import dist
 from yolo_ddp.config import TrainConfig
+from yolo_ddp.schedule import StepSchedule, warmup_batches
 
 # Ordered from least to most capable, so the agreed mode is the minimum across ranks.
 AMP_ORDER = ("off", "fp16", "bf16")
@@ -24,20 +26,26 @@ class RunPlan:
     global_batch: int
     batch_per_rank: int
     accumulate: int  # micro-steps per optimizer step
-    effective_batch: int  # images per optimizer step = batch_per_rank * world_size * accumulate
+    effective_batch: int  # images per full optimizer step = batch_per_rank * world_size * accumulate
     nominal_batch: int
     weight_decay: float  # scaled by effective_batch / nominal_batch, as Ultralytics does
     amp: str  # agreed across ranks: off | fp16 | bf16
     sync_bn: bool
     device_type: str
     imgsz: int
-    micro_batches_per_epoch: int
-    steps_per_epoch: int  # optimizer steps
+    train_images: int
+    loader_batches_per_epoch: int  # per rank; the last one holds the remainder (every image, every epoch)
+    steps_per_epoch: int  # optimizer steps of an epoch after warmup (warmup epochs have more: accumulate ramps)
+    warmup_batches: int  # loader batches of LR/momentum/accumulate warmup (yolo_ddp.schedule)
     epochs: int
 
     @property
+    def schedule(self) -> StepSchedule:
+        return StepSchedule(self.loader_batches_per_epoch, self.accumulate, self.warmup_batches, self.epochs)
+
+    @property
     def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
+        return self.schedule.total_steps
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +67,17 @@ class RunPlan:
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2)
+
+
+def shard_size(n_images: int, world_size: int) -> int:
+    """Images per rank per epoch: DistributedSampler(drop_last=False) pads the shuffled order with repeats so
+    every rank gets the same count, and every image is trained every epoch (as Ultralytics' train loader)."""
+    return math.ceil(n_images / world_size)
+
+
+def loader_batches_per_epoch(n_images: int, world_size: int, batch_per_rank: int) -> int:
+    """Loader batches per rank per epoch; the last one holds the shard's remainder when it does not divide."""
+    return math.ceil(shard_size(n_images, world_size) / batch_per_rank)
 
 
 def split_global_batch(global_batch: int, world_size: int) -> int:
@@ -96,14 +115,12 @@ def make_plan(
     train: TrainConfig, imgsz: int, world_size: int, amp: str, device_type: str, train_images: int
 ) -> RunPlan:
     batch_per_rank = split_global_batch(train.batch, world_size)
-    micro_batches = train_images // train.batch  # the sampler drops the ragged tail on every rank
-    if micro_batches < 1:
-        raise ValueError(
-            f"Config key 'train.batch': the training set has {train_images} images, fewer than one global batch "
-            f"of {train.batch}. Lower train.batch or add images."
-        )
-    # Accumulate toward the nominal batch, never past one epoch's worth of micro-batches.
-    accumulate = min(max(round(train.nbs / train.batch), 1), micro_batches)
+    if train_images < 1:
+        raise ValueError("Config key 'data.path': the training split has no images. Point data.path at a data set "
+                         "whose train split lists images.")
+    nb = loader_batches_per_epoch(train_images, world_size, batch_per_rank)
+    # Ultralytics' accumulation toward the nominal batch, capped by the run's batches (`_build_train_pipeline`).
+    accumulate = min(max(round(train.nbs / train.batch), 1), nb * train.epochs)
     effective = batch_per_rank * world_size * accumulate
     sync_bn = {"on": True, "off": False}.get(train.sync_bn, world_size > 1 and batch_per_rank < train.sync_bn_below)
     return RunPlan(
@@ -118,7 +135,9 @@ def make_plan(
         sync_bn=sync_bn and world_size > 1,
         device_type=device_type,
         imgsz=imgsz,
-        micro_batches_per_epoch=micro_batches,
-        steps_per_epoch=micro_batches // accumulate,
+        train_images=train_images,
+        loader_batches_per_epoch=nb,
+        steps_per_epoch=math.ceil(nb / accumulate),
+        warmup_batches=warmup_batches(train.warmup_epochs, train.epochs, nb),
         epochs=train.epochs,
     )

@@ -18,9 +18,10 @@ from typing import Any
 from yolo_ddp import checkpoint
 from yolo_ddp.checkpoint import CheckpointError
 from yolo_ddp.plan import RunPlan
+from yolo_ddp.schedule import StepSchedule
 
 # What the step counter, LR schedule and data order depend on; the world size may change around them.
-KEPT_PLAN = ("global_batch", "accumulate", "micro_batches_per_epoch", "steps_per_epoch")
+KEPT_PLAN = ("global_batch", "accumulate", "loader_batches_per_epoch", "steps_per_epoch")
 
 
 def _named(resume: str) -> Path:
@@ -82,7 +83,7 @@ def load(resume: Any, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     return (path, checkpoint.load_train_state(path)) if path else None
 
 
-def check_plan(saved: dict[str, Any], plan: RunPlan, path: Path) -> str | None:
+def check_plan(saved: dict[str, Any], plan: RunPlan, path: Path, epoch: int = 0) -> str | None:
     """Refuse a plan the checkpoint's counters cannot continue; describe a world-size change that keeps it.
 
     A different world size is fine while the global batch, accumulation and steps per epoch stay: each
@@ -97,8 +98,24 @@ def check_plan(saved: dict[str, Any], plan: RunPlan, path: Path) -> str | None:
             f"no longer match. Pass train.batch={saved.get('global_batch')} (it must split evenly over the ranks) "
             f"with the same train.nbs and data, or start a new run without train.resume; nothing was changed."
         )
+    _check_schedule(saved, plan, path, epoch)
     if saved.get("world_size") != plan.world_size:
         return (f"world size changed on resume: {saved.get('world_size')} -> {plan.world_size} ranks, per-rank batch "
                 f"{saved.get('batch_per_rank')} -> {plan.batch_per_rank}; global batch {plan.global_batch}, "
                 f"accumulation and steps per epoch unchanged")
     return None
+
+
+def _check_schedule(saved: dict[str, Any], plan: RunPlan, path: Path, epoch: int) -> None:
+    """More epochs (or another warmup) may continue a run only while the epoch being resumed keeps its steps: the
+    warmup ramps accumulation, so it decides which optimizer step starts each epoch."""
+    old = StepSchedule(saved["loader_batches_per_epoch"], saved["accumulate"], saved["warmup_batches"], saved["epochs"])
+    new = plan.schedule
+    if (old.first_step(epoch), old.steps_in_epoch(epoch)) != (new.first_step(epoch), new.steps_in_epoch(epoch)):
+        raise CheckpointError(
+            f"{path} holds {epoch} finished epoch(s) of a {saved['epochs']}-epoch run with {old.warmup_batches} "
+            f"warmup batches; this job's train.epochs={plan.epochs} and train.warmup_epochs give {plan.warmup_batches}, "
+            f"which would move its optimizer steps (warmup ramps accumulation, and Ultralytics caps warmup at "
+            f"epochs - 1). Resume with the run's train.epochs={saved['epochs']} and its train.warmup_epochs, or "
+            f"start a new run with model.weights set to this run's best.pt; nothing was changed."
+        )

@@ -27,7 +27,10 @@ class CollectiveBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        dims = (0, 2, 3)
+        dims, out_dtype = (0, 2, 3), x.dtype
+        # Statistics in fp32: under bf16/fp16 autocast E[x^2] - mean^2 cancels to 0 (8-bit mantissa), as
+        # torch's own BatchNorm kernels avoid by computing in fp32.
+        x = x.float()
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         moments = torch.cat([count, x.sum(dims), (x * x).sum(dims)])
         moments = all_reduce(moments, op=dist.ReduceOp.SUM)
@@ -43,7 +46,7 @@ class CollectiveBatchNorm2d(nn.BatchNorm2d):
         y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
+        return y.to(out_dtype)
 
 
 def _swap_batchnorm(module: nn.Module, match: tuple[type, ...], new_type: type[nn.Module]) -> nn.Module:

@@ -29,10 +29,11 @@ from yolo_ddp.faults import StopRequested, StopSignal, after_step_hook, stop_on_
 from yolo_ddp.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
 from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_rank_logging
 from yolo_ddp.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
+from yolo_ddp.loss_norm import LossNormaliser
 from yolo_ddp.memory import run as memory
 from yolo_ddp.memory.oom import OOMGuard, read_split_hint
 from yolo_ddp.model import build_model, loss_criterion
-from yolo_ddp.optim import build_optimizer, build_scheduler, choose_optimizer
+from yolo_ddp.optim import auto_iterations, build_optimizer, build_scheduler, choose_optimizer
 from yolo_ddp.plan import agree_amp_mode, make_plan
 from yolo_ddp.sync import ddp as sync
 from yolo_ddp.sync_bn import convert_sync_batchnorm, revert_sync_batchnorm
@@ -90,7 +91,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     cfg, amp = memory.apply(cfg, memory_plan, world), memory_plan.chosen.amp
     writer.info(memory_plan.describe())
     plan = make_plan(cfg.train, cfg.data.imgsz, world, amp, device.type, len(train_index))
-    if saved and (change := resume.check_plan(saved[1]["plan"], plan, saved[0])):  # refuses before plan.json
+    if saved and (change := resume.check_plan(saved[1]["plan"], plan, saved[0], saved[1]["epoch"])):  # refuses before plan.json
         writer.info(change)
     writer.write_text("memory_plan.json", json.dumps(memory_plan.as_dict(), indent=2))
     writer.info(f"world size {world} on {device.type}; data {spec.yaml_path} ({len(train_index)} train / "
@@ -106,16 +107,20 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     writer.run_info(collect_run_info(plan, sync_plan, node, device, memory_plan.as_dict()))  # a collective
     model = sync.wrap_ddp(raw, device, sync_plan, cfg.sync) if world > 1 else raw
 
-    choice = choose_optimizer(cfg.train, spec.nc, plan.total_steps)
+    iterations = auto_iterations(len(train_index), cfg.train.batch, cfg.train.nbs, cfg.train.epochs)
+    choice = choose_optimizer(cfg.train, spec.nc, iterations)
     optimizer = build_optimizer(raw, choice, plan.weight_decay, cfg.train.fused_optimizer)
-    warmup_steps = round(cfg.train.warmup_epochs * plan.steps_per_epoch)
+    criterion = loss_criterion(raw)
     state = TrainState(
-        model=model, raw=raw, criterion=loss_criterion(raw), optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, cfg.train, choice, warmup_steps, plan.total_steps),
+        model=model, raw=raw, criterion=criterion, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg.train, choice, plan.schedule),
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
         ema=ModelEMA(raw) if cfg.train.ema else None, forward=speed.training_forward(model, cfg.train),
+        norm=LossNormaliser(criterion, cfg.train.loss_norm, device),
     )
-    writer.info(f"optimizer {choice.name} lr0={choice.lr0} momentum={choice.momentum}, warmup {warmup_steps} steps")
+    writer.info(f"optimizer {choice.name} lr0={choice.lr0} momentum={choice.momentum} warmup_bias_lr="
+                f"{choice.warmup_bias_lr}; warmup {plan.warmup_batches} batches, {plan.total_steps} optimizer steps; "
+                f"loss normaliser {'per step' if state.norm.exact else 'per forward'} (train.loss_norm)")
     writer.info(speed.describe(cfg.train, device))
     _maybe_resume(saved, state)
     del saved  # the state dicts are loaded; do not hold a second copy through training
@@ -123,13 +128,14 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     backend = resolve_backend(cfg.data, device)
     writer.info(f"data backend: {backend}")
     train_batches = iter(build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
-                                            plan.steps_per_epoch * plan.accumulate, plan.epochs, cfg.train.seed,
+                                            plan.loader_batches_per_epoch, plan.epochs, cfg.train.seed,
                                             device, rank, world, start_epoch=state.epoch,
-                                            start_batch=(state.step - state.epoch * plan.steps_per_epoch) * plan.accumulate))
+                                            start_batch=plan.schedule.batches_before(state.epoch, state.step)))
     val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
     scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
-    writer.watch_validation(ValPreview(val_index, spec.names, cfg.data.imgsz, scorer, cfg.logger.val_images))
-    ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], warmup_steps, cfg.logger.log_every_steps)
+    writer.watch_validation(ValPreview(val_index, spec.names, cfg.data.imgsz, scorer, cfg.logger.val_images,
+                                      rect=cfg.data.val_rect))
+    ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], cfg.logger.log_every_steps)
     # Validate in fp16 when training uses AMP, as Ultralytics does: bf16's 8-bit mantissa would move
     # box corners by pixels at 640 px and bias mAP50-95.
     eval_dtype = torch.float16 if amp != "off" and device.type == "cuda" else None
@@ -139,9 +145,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     # A restart after an OOM in the synchronising backward resumes with the micro-batch split it recorded.
     guard = OOMGuard(run_dir, cfg.train.oom_retries, read_split_hint(run_dir) if state.step else 1)
     result: EvalResult | None = None
+    best: tuple[int, EvalResult | None] | None = None  # (epoch, its result on rank 0) of best.pt this session
     last_row: dict[str, Any] = {}
     start = time.perf_counter()
-    after_step = after_step_hook(stop, guard, heartbeat, cfg.train.save_every_steps, plan.steps_per_epoch,
+    after_step = after_step_hook(stop, guard, heartbeat, cfg.train.save_every_steps, plan.schedule,
                                  lambda: _save(run_dir, state, cfg, plan, train_args, is_best=False))
     while state.epoch < plan.epochs:
         stats = train_one_epoch(state, train_batches, ctx, writer, guard, after_step)
@@ -154,12 +161,12 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
         state.epoch += 1
         epoch_result = None
         if state.epoch % cfg.train.val_every == 0 or state.epoch == plan.epochs:
-            epoch_result = evaluate(state.ema.ema if state.ema else raw, val_loader, scorer, device, eval_dtype)
+            epoch_result = evaluate(weights_to_validate(state), val_loader, scorer, device, eval_dtype)
             result = epoch_result or result
         fitness = dist.broadcast_object(epoch_result.fitness if epoch_result else None)
         is_best = fitness is not None and fitness > state.best_fitness
         if is_best:
-            state.best_fitness = fitness
+            state.best_fitness, best = fitness, (state.epoch, epoch_result)
         if rank == 0:  # the collectives above prove every rank finished this epoch
             _save(run_dir, state, cfg, plan, train_args, is_best)
         last_row = {"epoch": state.epoch, "step": state.step, **{k: stats[k] for k in LOSS_NAMES},
@@ -174,8 +181,20 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     if result is not None:
         writer.info(f"done: {state.epoch} epochs, {state.step} optimizer steps; final mAP50={result.map50:.4f} "
                     f"mAP50-95={result.map50_95:.4f}; best.pt and last.pt in {run_dir}")
+        if best is not None and best[1] is not None:
+            writer.info(f"best.pt holds epoch {best[0]}: mAP50={best[1].map50:.4f} mAP50-95={best[1].map50_95:.4f} "
+                        f"(fitness {state.best_fitness:.4f}, Ultralytics' DetMetrics.fitness)")
     writer.close()
     return {**last_row, "world_size": world, "plan": plan.as_dict()}
+
+
+def weights_to_validate(state: TrainState) -> torch.nn.Module:
+    """The EMA (else the raw model) with rank 0's buffers on every rank: each rank's BatchNorm statistics drift
+    apart, and rank 0's are what best.pt saves, so distributed validation scores exactly those (as Ultralytics
+    broadcasts its EMA buffers before validating)."""
+    weights = state.ema.ema if state.ema else state.raw
+    dist.broadcast_buffers(weights)
+    return weights
 
 
 def _resumed_batch(cfg: Config, saved: tuple[Path, dict[str, Any]] | None) -> Config:
