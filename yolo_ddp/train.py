@@ -127,11 +127,11 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
 
     backend = resolve_backend(cfg.data, device)
     writer.info(f"data backend: {backend}")
+    val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
     train_batches = iter(build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
                                             plan.loader_batches_per_epoch, plan.epochs, cfg.train.seed,
                                             device, rank, world, start_epoch=state.epoch,
                                             start_batch=plan.schedule.batches_before(state.epoch, state.step)))
-    val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
     scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
     writer.watch_validation(ValPreview(val_index, spec.names, cfg.data.imgsz, scorer, cfg.logger.val_images,
                                       rect=cfg.data.val_rect))

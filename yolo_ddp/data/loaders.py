@@ -102,5 +102,10 @@ def build_val_loader(data: DataConfig, backend: str, index: DatasetIndex, batch_
                              rect=data.val_rect)
     from yolo_ddp.data.torch_loader import build_loader
 
-    return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=False,
-                        pin_memory=device.type == "cuda", rank=rank, world=world, rect=data.val_rect)
+    loader = build_loader(index, data.imgsz, batch_per_rank, data.workers, train=False,
+                          pin_memory=device.type == "cuda", rank=rank, world=world, rect=data.val_rect)
+    if loader.num_workers > 0:
+        # Fork the persistent workers now, before training starts threads (train loader feeders, the progress
+        # bar), not at the first validation: a fork beside those threads once left a worker hung at birth.
+        iter(loader)
+    return loader

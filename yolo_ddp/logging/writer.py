@@ -24,6 +24,9 @@ from yolo_ddp.logging.preview import ValPreview
 from yolo_ddp.logging.wandb_run import WandbRun, wandb_importable
 
 log = logging.getLogger("yolo_ddp")
+# No monitor thread (suspected): a validation worker forked at the first validation once hung at birth on rank 0,
+# the only rank with a progress bar and so with tqdm's monitor thread, which takes tqdm's lock every 10 s.
+tqdm.monitor_interval = 0
 PER_RANK = ("img_per_s", "data_wait_ms", "step_ms", "peak_mem_gib")
 
 
