@@ -23,6 +23,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from launcher.errors import exit_on_user_error
 from launcher.run_id import register_resolvers, run_id
 from launcher.store import register_configs
+from launcher.unknown_keys import refuse_unknown_keys
 from yolo_ddp import resume
 from yolo_ddp.checkpoint import refuse_fresh_run_over
 from yolo_ddp.config import Config
@@ -42,6 +43,7 @@ def to_config(cfg: DictConfig) -> Config:
             f"Config key(s) {', '.join(missing)} must be set (marked ??? in conf/). Pass them on the command "
             f"line, e.g. {missing[0]}=..."
         )
+    refuse_unknown_keys(cfg, Config)
     return OmegaConf.to_object(cfg)
 
 

@@ -70,3 +70,18 @@ def test_bad_values_name_the_key(override, key):
 def test_custom_data_requires_a_path():
     with pytest.raises(Exception, match="data.path"):
         typed(["data=custom"])
+
+
+@pytest.mark.parametrize(("override", "key", "close"), [
+    ("+train.epoch=5", "train.epoch", "train.epochs"), ("+trian.epochs=3", "trian.epochs", "train.epochs"),
+    ("+data.synthetic.nn_train=8", "data.synthetic.nn_train", "data.synthetic.n_train"),
+])
+def test_keys_added_with_plus_are_checked_against_the_schema(override, key, close):
+    # '+' adds keys even in struct mode; without the check the run trained with the setting dropped.
+    with pytest.raises(ValueError, match=rf"'{key}' \(did you mean '{close}'\?\)"):
+        typed(["+experiment=pcb_defects", override])
+
+
+def test_unknown_key_without_a_close_match_says_remove_it():
+    with pytest.raises(ValueError, match=r"'zzz_top'.*remove it"):
+        typed(["+zzz_top=1"])
