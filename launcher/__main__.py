@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+from launcher.argv import normalize_argv, split_argv
 from launcher.errors import exit_on_user_error
 from launcher.run_id import register_resolvers, run_id
 from launcher.store import register_configs
@@ -133,22 +134,24 @@ def _refuse_multirun_under_torchrun(argv: list[str]) -> None:
         raise SystemExit(2)
 
 
-def _default_to_cpu_profile(argv: list[str]) -> None:
-    """No GPU and no explicit train profile: use the CPU-sized one, and say so first."""
+def _cpu_profile(argv: list[str]) -> list[str]:
+    """No GPU and no explicit train profile: the CPU-sized one (said first), else nothing."""
     import torch
 
-    if torch.cuda.is_available() or any(a.startswith(("train=", "+train=")) for a in argv[1:]):
-        return
-    if any(a.startswith("hydra/launcher=") and "slurm" in a for a in argv[1:]):  # GPUs are on the job's nodes
-        return
-    argv.append("train=cpu_quick")  # after the flags (-m, --cfg ...): a group choice can sit anywhere
+    _, overrides = split_argv(argv[1:])
+    if torch.cuda.is_available() or any(a.startswith(("train=", "+train=", "++train=")) for a in overrides):
+        return []
+    if any(a.startswith("hydra/launcher=") and "slurm" in a for a in overrides):  # GPUs are on the job's nodes
+        return []
     if int(os.environ.get("RANK", 0)) == 0:
         print("No GPU found: using the CPU profile train=cpu_quick (pass train=default to override).", flush=True)
+    return ["train=cpu_quick"]
 
 
 def main() -> None:
     _refuse_multirun_under_torchrun(sys.argv)
-    _default_to_cpu_profile(sys.argv)
+    # Flags first, then overrides (ours last): Hydra's parser takes overrides on one side of the flags only.
+    sys.argv[:] = normalize_argv(sys.argv, _cpu_profile(sys.argv))
     if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
         from launcher.job_names import export_sweep
 

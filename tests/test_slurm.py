@@ -110,12 +110,10 @@ def test_slurm_launcher_conf_composes():
 
 
 def test_submitting_from_a_machine_without_gpus_keeps_the_gpu_profile(monkeypatch):
-    from launcher.__main__ import _default_to_cpu_profile
+    from launcher.__main__ import _cpu_profile
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     argv = ["launcher", "-m", "hydra/launcher=slurm", "train.batch=16,32"]
-    _default_to_cpu_profile(argv)
-    assert "train=cpu_quick" not in argv  # the jobs run on the allocation's GPU nodes
+    assert _cpu_profile(argv) == []  # the jobs run on the allocation's GPU nodes
     local = ["launcher", "-m", "hydra/launcher=submitit_local"]
-    _default_to_cpu_profile(local)
-    assert local[-1] == "train=cpu_quick"  # submitit_local runs here, on this CPU
+    assert _cpu_profile(local) == ["train=cpu_quick"]  # submitit_local runs here, on this CPU
