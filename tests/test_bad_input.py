@@ -108,3 +108,14 @@ def test_fresh_run_in_an_occupied_run_dir_changes_nothing(tmp_path):
     for name, data in files.items():
         assert (run_dir / name).read_bytes() == data
     assert not (run_dir / "launcher.log").exists()
+
+
+def test_torchrun_failure_summary_shows_the_error_as_root_cause(tmp_path):
+    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": "", "YOLO_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "launcher",
+                           "+experiment=pcb_defects", "train.amp=fp8"],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    summary = proc.stderr[proc.stderr.index("Root Cause"):]  # torchrun's own failure summary
+    assert "error_file: <N/A>" not in summary, summary
+    assert "Config key 'train.amp'" in summary and "To enable traceback" not in summary, summary
