@@ -131,7 +131,8 @@ def test_background_images_and_shapes(root: Path, tmp_path: Path) -> None:
     [
         ("0 0.5 0.5 0.2", "expected 5 numbers, found 4"),
         ("0 0.5 0.5 0.2 0.2 0.9", "expected 5 numbers, found 6"),
-        ("0 0.1 0.1 0.9 0.1 0.9 0.9 0.1 0.9", "Segmentation polygons"),
+        ("0 0.1 0.1 0.9 0.1 0.9 0.9 0.1", "expected 5 numbers, found 8"),
+        ("0 0.1 0.1 0.9 0.1 0.9 0.9 0.1 0.9", "mixes box rows"),
         ("2 0.5 0.5 0.2 0.2", "class id 2"),
         ("-1 0.5 0.5 0.2 0.2", "class id -1"),
         ("0.5 0.5 0.5 0.2 0.2", "class id"),
@@ -148,6 +149,22 @@ def test_bad_label_row_names_file_and_line(root: Path, tmp_path: Path, row: str,
     with pytest.raises(DataError, match=needle) as err:
         index(root / "images/train", tmp_path)
     assert f"{lb}:2" in str(err.value)
+
+
+def test_polygons_train_as_their_boxes_and_are_counted_once(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Ultralytics' YOLODataset trains detection on segmentation labels by taking each polygon's box.
+    write_label(root / "images/train/a.jpg", "1 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n0 0.3 0.3 0.9 0.35 0.6 0.8\n")
+    write_label(root / "images/train/b.png", "0 0 0 1 0 1 1\n")
+    with caplog.at_level(logging.INFO, logger=dataset_mod.__name__):
+        idx = index(root / "images/train", tmp_path)
+    assert idx.polygons_converted == 3
+    np.testing.assert_allclose(idx.labels_for(0), [[1, 0.3, 0.4, 0.4, 0.4], [0, 0.6, 0.55, 0.6, 0.5]], atol=1e-6)
+    np.testing.assert_allclose(idx.labels_for(1), [[0, 0.5, 0.5, 1, 1]], atol=1e-6)
+    said = [r.getMessage() for r in caplog.records if "polygon" in r.getMessage()]
+    assert len(said) == 1 and "3 segmentation polygon row(s) converted" in said[0]
+    assert index(root / "images/train", tmp_path).polygons_converted == 3  # from the cache, too
 
 
 def test_bad_label_row_in_a_val_file_fails_too(root: Path, tmp_path: Path) -> None:

@@ -23,12 +23,13 @@ import numpy as np
 from PIL import Image
 from ultralytics.data.utils import IMG_FORMATS, exif_size, img2label_paths
 from ultralytics.utils import patches
+from ultralytics.utils.ops import segments2boxes
 
 from yolo_ddp.data.spec import DataError, abspath_keep_links
 from yolo_ddp.dist import get_rank, local_rank_zero_first
 
 LOGGER = logging.getLogger(__name__)
-_CACHE_VERSION = "1"  # bump when the on-disk layout or the label rules change
+_CACHE_VERSION = "2"  # bump when the on-disk layout or the label rules change
 _TOL = 0.01  # Ultralytics accepts coordinates up to 1% outside [0, 1]; we accept the same and clip
 _ARRAYS = ("shapes", "labels", "offsets")
 # Importing ultralytics patches PIL's Image.open to pip-install pi-heif on the first unidentifiable file; a corrupt
@@ -44,6 +45,7 @@ class DatasetIndex:
     offsets: np.ndarray  # (N + 1,) int64, labels of image i are labels[offsets[i]:offsets[i+1]]
     skipped: list[str] = field(default_factory=list)  # corrupt/unreadable images left out, "path: reason"
     duplicates_removed: int = 0
+    polygons_converted: int = 0  # segmentation rows trained as their boxes
     cache_path: Path | None = field(default=None, repr=False, compare=False)  # where the memmaps live
 
     def __len__(self) -> int:
@@ -133,27 +135,28 @@ def _verify_image(f: str) -> tuple[tuple[int, int] | None, str]:
         return None, " ".join(f"{type(e).__name__}: {e}".split())
 
 
-def _read_labels(lb_file: str, nc: int) -> tuple[np.ndarray, int]:
-    """Validated (k, 5) rows of one label file and how many exact duplicate rows were dropped."""
+def _read_labels(lb_file: str, nc: int) -> tuple[np.ndarray, int, int]:
+    """Validated (k, 5) rows of one label file, how many exact duplicate rows were dropped, and how many
+    segmentation polygons (`class x1 y1 x2 y2 ...`) became their boxes, as Ultralytics' YOLODataset does."""
     try:
         text = Path(lb_file).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        return np.zeros((0, 5), np.float32), 0  # background image
+        return np.zeros((0, 5), np.float32), 0, 0  # background image
     rows: dict[tuple[float, ...], None] = {}  # insertion-ordered set
-    dups = 0
+    dups = polygons = boxes = 0  # polygon and box rows seen
+    fmt = "YOLO detection labels are 'class cx cy w h' per line, or 'class x1 y1 x2 y2 x3 y3 ...' polygons"
     for ln, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
-        where, fmt = f"{lb_file}:{ln}", "YOLO detection labels are 'class cx cy w h' per line"
-        if len(parts) != 5:
-            # More than 5 is usually a segmentation polygon; Ultralytics would silently turn it into its bbox.
-            hint = " Segmentation polygons need converting to boxes first." if len(parts) > 5 else ""
+        where = f"{lb_file}:{ln}"
+        if len(parts) != 5 and (len(parts) < 7 or len(parts) % 2 == 0):
             raise DataError(
-                f"{where}: expected 5 numbers, found {len(parts)} in {line.strip()!r}; {fmt}. Fix that row.{hint}"
+                f"{where}: expected 5 numbers, found {len(parts)} in {line.strip()!r} (a polygon is a class and 3 "
+                f"or more x y pairs); {fmt}. Fix that row."
             )
         try:
-            c, *box = (float(x) for x in parts)
+            c, *coords = (float(x) for x in parts)
         except ValueError as e:
             raise DataError(f"{where}: {line.strip()!r} holds a non-number; {fmt}. Fix that row.") from e
         if not (c.is_integer() and 0 <= c < nc):
@@ -161,21 +164,33 @@ def _read_labels(lb_file: str, nc: int) -> tuple[np.ndarray, int]:
                 f"{where}: class id {parts[0]} is not an integer in [0, {nc}). Fix the id, or add the class to "
                 "'names' in data.yaml."
             )
-        # Size before range: a negative width is an empty box, not a scale mistake.
-        if not (box[2] > 0 and box[3] > 0):
+        is_polygon = len(parts) > 5
+        polygons, boxes = polygons + is_polygon, boxes + (not is_polygon)
+        if boxes and polygons:  # Ultralytics drops such an image as corrupt ("labels mix segment and detection rows")
+            raise DataError(
+                f"{where}: this file mixes box rows (5 numbers) and polygon rows, which Ultralytics refuses. Write "
+                "every object of the file as a box, or every object as a polygon."
+            )
+        # A box's size before its range: a negative width is an empty box, not a scale mistake.
+        if not is_polygon and not (coords[2] > 0 and coords[3] > 0):
             raise DataError(
                 f"{where}: box width and height must be > 0, got {parts[3:]}. Fix or delete that row."
             )
-        if not all(math.isfinite(v) and -_TOL <= v <= 1 + _TOL for v in box):
+        if not all(math.isfinite(v) and -_TOL <= v <= 1 + _TOL for v in coords):
             raise DataError(
-                f"{where}: box {parts[1:]} is not normalized to [0, 1]; {fmt} with coordinates divided by the image "
-                "width and height. Divide pixel coordinates by the image size."
+                f"{where}: coordinates {parts[1:]} are not normalized to [0, 1]; {fmt} with coordinates divided by "
+                "the image width and height. Divide pixel coordinates by the image size."
+            )
+        box = segments2boxes([np.array(coords).reshape(-1, 2)])[0].tolist() if is_polygon else coords
+        if not (box[2] > 0 and box[3] > 0):
+            raise DataError(
+                f"{where}: the polygon encloses no area (its box is {box[2]:g} x {box[3]:g}). Fix or delete that row."
             )
         row = (c, *(min(max(v, 0.0), 1.0) for v in box))
         if row in rows:
             dups += 1
         rows[row] = None
-    return np.array(list(rows), np.float32).reshape(-1, 5), dups
+    return np.array(list(rows), np.float32).reshape(-1, 5), dups, polygons
 
 
 def _build(files: list[str], label_files: list[str], nc: int, final: Path) -> None:
@@ -191,15 +206,15 @@ def _build(files: list[str], label_files: list[str], nc: int, final: Path) -> No
         )
     parsed = [_read_labels(label_files[i], nc) for i in keep]
     offsets = np.zeros(len(keep) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(rows) for rows, _ in parsed])
+    offsets[1:] = np.cumsum([len(rows) for rows, _, _ in parsed])
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         np.save(tmp / "shapes.npy", np.array([checks[i][0] for i in keep], np.int32).reshape(-1, 2))
-        np.save(tmp / "labels.npy", np.concatenate([rows for rows, _ in parsed]).astype(np.float32))
+        np.save(tmp / "labels.npy", np.concatenate([rows for rows, _, _ in parsed]).astype(np.float32))
         np.save(tmp / "offsets.npy", offsets)
-        dups = sum(d for _, d in parsed)
-        meta = {"im_files": [files[i] for i in keep], "skipped": skipped, "duplicates_removed": dups}
+        meta = {"im_files": [files[i] for i in keep], "skipped": skipped,
+                "duplicates_removed": sum(d for _, d, _ in parsed), "polygons_converted": sum(p for _, _, p in parsed)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.replace(tmp, final)
@@ -214,7 +229,8 @@ def _load(final: Path) -> DatasetIndex:
     meta = json.loads((final / "meta.json").read_text())
     arrays = [np.load(final / f"{name}.npy", mmap_mode="r") for name in _ARRAYS]
     return DatasetIndex(
-        meta["im_files"], *arrays, meta["skipped"], meta["duplicates_removed"], cache_path=final
+        meta["im_files"], *arrays, meta["skipped"], meta["duplicates_removed"], meta["polygons_converted"],
+        cache_path=final
     )
 
 
@@ -260,6 +276,11 @@ def _report(index: DatasetIndex, ignored: list[str], split: str) -> None:
         LOGGER.warning(
             "%s: skipped %d corrupt or unreadable image(s); first: %s. Fix or delete them to silence this warning.",
             split, len(index.skipped), "; ".join(index.skipped[:3]),
+        )
+    if index.polygons_converted:
+        LOGGER.info(
+            "%s: %d segmentation polygon row(s) converted to their boxes (Ultralytics' segments2boxes), as `yolo "
+            "train` does for detection.", split, index.polygons_converted,
         )
     if index.duplicates_removed:
         LOGGER.warning(
