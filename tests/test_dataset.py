@@ -69,6 +69,42 @@ def test_relative_path_resolves_against_yaml_dir(root: Path, tmp_path: Path) -> 
     assert spec.root == root and spec.train == [root / "images/train"] and spec.yaml_path == y
 
 
+def test_relative_path_then_cwd_then_ultralytics_datasets_dir(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `yolo train` resolves a relative 'path' against the working directory, then its datasets_dir.
+    import ultralytics.utils
+
+    y = write_yaml(tmp_path / "cfg/data.yaml", "path: ds\ntrain: images/train\nval: images/val\nnames: [a]\n")
+    monkeypatch.setattr(ultralytics.utils, "DATASETS_DIR", tmp_path / "datasets")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="yolo_ddp.data.spec"):
+        assert load_data_spec(y).root == root
+    assert any("the working directory" in r.getMessage() for r in caplog.records)
+    monkeypatch.chdir(tmp_path / "cfg")
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "ds").rename(tmp_path / "datasets/ds")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="yolo_ddp.data.spec"):
+        assert load_data_spec(y).root == tmp_path / "datasets/ds"
+    assert any("Ultralytics' datasets_dir" in r.getMessage() for r in caplog.records)
+    (tmp_path / "cfg/ds").mkdir()  # the yaml's folder comes first
+    assert load_data_spec(write_yaml(y, "path: ds\ntrain: .\nval: .\nnames: [a]\n")).root == tmp_path / "cfg/ds"
+
+
+def test_missing_path_lists_every_place_tried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ultralytics.utils
+
+    monkeypatch.setattr(ultralytics.utils, "DATASETS_DIR", tmp_path / "datasets")
+    monkeypatch.chdir(tmp_path)
+    y = write_yaml(tmp_path / "cfg/data.yaml", "path: nowhere\ntrain: a\nval: b\nnames: [a]\n")
+    with pytest.raises(DataError) as err:
+        load_data_spec(y)
+    for place in (tmp_path / "cfg/nowhere", tmp_path / "nowhere", tmp_path / "datasets/nowhere"):
+        assert str(place) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_directory_uses_its_data_yaml(root: Path) -> None:
     write_yaml(root / "data.yaml", "train: images/train\nval: images/val\nnames: [a]\n")
     assert load_data_spec(root).names == {0: "a"}

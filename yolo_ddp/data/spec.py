@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+LOGGER = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -102,6 +105,18 @@ def _parse_names(cfg: dict[str, Any], p: Path) -> dict[int, str]:
     return names
 
 
+def root_candidates(raw: str, yaml_dir: Path) -> list[tuple[str, Path]]:
+    """Where a data.yaml's `path` may point, in the order tried: the yaml's folder, then Ultralytics' own order
+    (`check_det_dataset`: the working directory, then its datasets dir, `yolo settings datasets_dir`)."""
+    if Path(raw).expanduser().is_absolute():
+        return [("absolute", abspath_keep_links(raw, yaml_dir))]
+    from ultralytics.utils import DATASETS_DIR
+
+    return [("the yaml's folder", abspath_keep_links(raw, yaml_dir)),
+            ("the working directory", abspath_keep_links(raw, Path.cwd())),
+            ("Ultralytics' datasets_dir", abspath_keep_links(raw, Path(DATASETS_DIR)))]
+
+
 def _parse_root(cfg: dict[str, Any], p: Path) -> Path:
     raw = cfg.get("path")
     if raw in (None, ""):
@@ -110,13 +125,17 @@ def _parse_root(cfg: dict[str, Any], p: Path) -> Path:
         raise DataError(
             f"{p}: 'path' must be a string folder, got {type(raw).__name__}. Fix or remove 'path'."
         )
-    root = abspath_keep_links(raw, p.parent)
-    if not root.is_dir():
-        raise DataError(
-            f"{p}: 'path' resolves to {root}, which is not a directory. Fix 'path' (relative paths resolve "
-            f"against the yaml's folder {p.parent}) or remove it to use that folder."
-        )
-    return root
+    tried = root_candidates(raw, p.parent)
+    for i, (where, root) in enumerate(tried):
+        if root.is_dir():
+            if i:  # not where a reader of the yaml would look first
+                LOGGER.info("%s: 'path: %s' resolved against %s: %s", p, raw, where, root)
+            return root
+    raise DataError(
+        f"{p}: 'path: {raw}' is not a directory; tried "
+        + ", ".join(f"{root} ({where})" for where, root in tried)
+        + ". Fix 'path' (an absolute folder, or relative to one of those) or remove it to use the yaml's folder."
+    )
 
 
 def _parse_split(cfg: dict[str, Any], key: str, root: Path, p: Path) -> list[Path]:
