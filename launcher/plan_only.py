@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from yolo_ddp.config import Config
+from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.data.synthetic import CLASS_NAMES
 from yolo_ddp.memory import run as memory
@@ -18,7 +19,7 @@ from yolo_ddp.plan import local_amp_mode
 def describe_plan(cfg: Config, nproc_per_node: int) -> str:
     world = nproc_per_node * cfg.launcher.nnodes
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    names = load_data_spec(cfg.data.path).names if cfg.data.path else dict(enumerate(CLASS_NAMES))
+    names = load_data_spec(resolve_data_yaml(cfg.data)).names if cfg.data.path else dict(enumerate(CLASS_NAMES))
     amp = local_amp_mode(cfg.train.amp, device)
     mem = memory.plan_for_run(cfg, names, device, world, amp, local_ranks=nproc_per_node)
     chosen = memory.apply(cfg, mem, world)

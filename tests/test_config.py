@@ -85,3 +85,12 @@ def test_keys_added_with_plus_are_checked_against_the_schema(override, key, clos
 def test_unknown_key_without_a_close_match_says_remove_it():
     with pytest.raises(ValueError, match=r"'zzz_top'.*remove it"):
         typed(["+zzz_top=1"])
+
+
+def test_pku_pcb_data_composes_and_needs_its_path():
+    cfg = typed(["+experiment=pcb_defects", "data=pku_pcb", "data.path=/data/PCB_DATASET"])
+    assert cfg.data.name == "pku_pcb" and cfg.data.path == "/data/PCB_DATASET" and 0 < cfg.data.val_fraction < 1
+    with pytest.raises(ValueError, match="data.path"):
+        typed(["+experiment=pcb_defects", "data=pku_pcb"])
+    with pytest.raises(ValueError, match="data.val_fraction"):
+        typed(["data=pku_pcb", "data.path=/x", "data.val_fraction=1"])

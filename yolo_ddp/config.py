@@ -53,8 +53,13 @@ class DaliConfig:
 @dataclass
 class DataConfig:
     name: str = "pcb_defects"
-    # An Ultralytics data.yaml (or a YOLO-format root). Empty: the built-in synthetic PCB set.
+    # An Ultralytics data.yaml (or a YOLO-format root), a Pascal VOC folder (images + Annotations/**/*.xml, e.g.
+    # PKU-Market-PCB) or a COCO instances_*.json. Empty: the built-in synthetic PCB set.
     path: str = ""
+    # VOC/COCO sets without their own train/val split: this fraction of each image folder validates, chosen by a
+    # shuffle seeded with split_seed (the same split on every node and run).
+    val_fraction: float = 0.2
+    split_seed: int = 0
     imgsz: int = 640
     backend: str = "auto"
     workers: int = 2  # DataLoader workers per rank
@@ -83,7 +88,9 @@ class DataConfig:
         _check(self.workers >= 0, "data.workers", "must be >= 0.")
         _check(bool(self.path) or self.name == SYNTHETIC_DATA, "data.path",
                f"data '{self.name}' has no data set on disk: pass data.path=path/to/data.yaml (an Ultralytics "
-               f"data.yaml), or use data=pcb_defects for the built-in synthetic set.")
+               f"data.yaml), a VOC folder or a COCO instances_*.json, or use data=pcb_defects for the built-in "
+               f"synthetic set.")
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1), e.g. 0.2.")
         _check(self.close_mosaic >= 0, "data.close_mosaic", "must be >= 0 epochs.")
         _check(0.0 <= self.scale < 1.0, "data.scale", "must be in [0, 1).")
         _check(0.0 <= self.translate <= 1.0, "data.translate", "is a fraction of imgsz and must be in [0, 1].")

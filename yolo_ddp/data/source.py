@@ -5,21 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from yolo_ddp.config import DataConfig
+from yolo_ddp.data.foreign import convert_once, detect
 from yolo_ddp.data.spec import DataError
 from yolo_ddp.dist import local_rank_zero_first
 
 
 def resolve_data_yaml(data: DataConfig) -> Path:
-    """The data.yaml to train on. The synthetic set is materialised once per node (local rank 0)."""
+    """The data.yaml to train on. The synthetic set, and a VOC or COCO set's YOLO conversion, are written once per
+    node (local rank 0)."""
     if data.path:
         path = Path(data.path).expanduser()
         if not path.exists():
             raise DataError(
                 f"Config key 'data.path': {path} does not exist. Pass data.path=path/to/data.yaml (an Ultralytics "
-                f"data.yaml with train, val and names) or a YOLO-format root dir, or leave data.path empty to use "
+                f"data.yaml with train, val and names), a YOLO-format root dir, a Pascal VOC folder (images and "
+                f"Annotations/**/*.xml) or a COCO instances_*.json, or leave data.path empty to use "
                 f"the built-in synthetic pcb_defects set."
             )
-        return path
+        kind = detect(path)
+        if kind is None:
+            return path
+        return convert_once(path, kind, Path(data.cache_dir), data.val_fraction, data.split_seed)
     from yolo_ddp.data.synthetic import materialize
 
     s = data.synthetic

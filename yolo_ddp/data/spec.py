@@ -51,7 +51,8 @@ def load_data_spec(path: str | Path) -> DataSpec:
             )
         raise DataError(
             f"{p} is a directory without a data.yaml and without images/train and images/val. Point the data path "
-            "at an Ultralytics data.yaml, or at a root holding images/train, images/val and a data.yaml with names."
+            "at an Ultralytics data.yaml, at a root holding images/train, images/val and a data.yaml with names, at "
+            "a Pascal VOC folder (images and Annotations/**/*.xml) or at a COCO instances_*.json."
         )
     if not p.is_file():
         raise DataError(
