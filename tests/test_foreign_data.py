@@ -132,3 +132,31 @@ def test_malformed_coco_names_every_annotation(tmp_path):
                    "annotation 4 (image 'train_02.jpg'): bbox [120, 10, 30, 20] lies outside",
                    "image 50 'gone.jpg': no such file"):
         assert needle in msg, msg
+
+
+@pytest.mark.slow
+def test_pku_layout_trains_two_epochs_on_two_cpu_ranks(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    from ultralytics import YOLO
+
+    from tests.conftest import REPO
+
+    make_pku(tmp_path / "PCB_DATASET", per_class=4)
+    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": "", "YOLO_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher", "+experiment=pcb_defects", "data=pku_pcb",
+         f"data.path={tmp_path / 'PCB_DATASET'}", "train=cpu_quick", "train.epochs=2", "data.imgsz=64",
+         "train.batch=4", "data.workers=0", "logger=csv", "launcher.nproc_per_node=2", "data.val_fraction=0.25",
+         f"data.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [run_dir] = [p.parent for p in (tmp_path / "out").rglob("metrics.csv")]
+    with (run_dir / "metrics.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+    assert json.loads((run_dir / "result.json").read_text())["world_size"] == 2
+    assert "(6 train / 2 val images, 2 classes)" in (run_dir / "rank0.log").read_text()
+    assert YOLO(str(run_dir / "best.pt")).names == {0: "missing_hole", 1: "short"}
+    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1  # converted once, by the launcher
