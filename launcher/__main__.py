@@ -74,6 +74,15 @@ def spawn_job(cfg: DictConfig) -> dict:
         print(describe_plan(typed, resolve_nproc(typed.launcher.nproc_per_node)), flush=True)
         return {}
     run_dir = Path(typed.run_dir)
+    sweep_point = HydraConfig.get().mode == RunMode.MULTIRUN and node == 0
+    record: dict = {}
+    if sweep_point:  # skip a completed point, resume a started one, keep the ladder off the swept keys
+        from launcher import sweep_points
+        from launcher.job_names import sweep_keys
+
+        typed, record = sweep_points.prepare(typed, run_dir, list(HydraConfig.get().overrides.task), sweep_keys())
+        if typed is None:
+            return {"skipped": True}
     if node == 0:  # other nodes start later and would see node 0's files as another run's
         refuse_fresh_run_over(run_dir, typed.train.resume)  # before this process writes anything there
     resume.load(typed.train.resume, run_dir)  # a missing or unreadable checkpoint: exit 2, run dir as it was
@@ -93,6 +102,13 @@ def spawn_job(cfg: DictConfig) -> dict:
             split_global_batch(typed.train.batch, nproc * typed.launcher.nnodes)
     except ValueError as e:
         raise ValueError(f"{label}: {e}") from None
+    if sweep_point:  # plan the point here: one that cannot fit is a row, not workers dying of OOM
+        record.update(sweep_points.check_fits(typed, nproc))
+        sweep_points.write_point(run_dir, record)
+        if record.get("infeasible"):
+            log.info(f"{label}: infeasible, needs {record['need_gib']} GiB per rank, has {record['have_gib']} GiB; "
+                     f"no worker started")
+            return {"infeasible": True}
     resolved = run_dir / f"resolved_config{per_node}.yaml"
     resolved.write_text(OmegaConf.to_yaml(OmegaConf.structured(typed)))
     log.info(f"{label}: {nproc} worker(s) per node x {typed.launcher.nnodes} node(s), run dir {run_dir}")
@@ -108,7 +124,7 @@ def spawn_job(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def hydra_main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | list[float] | None:
     if under_elastic_agent():  # torchrun started us: this process is one rank
         from yolo_ddp.train import train
 
@@ -121,6 +137,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise SystemExit(1) from None
     else:  # multirun: raise, so Hydra runs the other sweep points and then fails naming this one
         result = spawn_job(cfg)
+        objectives = HydraConfig.get().sweeper.get("objectives")
+        if objectives:  # an Optuna search: best mAP50-95 (and img/s), NaN for an infeasible point
+            from launcher.sweep_points import objective
+
+            return objective(Path(HydraConfig.get().runtime.output_dir), list(objectives))
     return result.get("mAP50-95")  # what a sweeper optimises
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -51,6 +52,16 @@ def swept_keys(argv: list[str]) -> list[str]:
     return [o.get_key_element() for o in overrides if o.is_sweep_override()]
 
 
+def sweep_keys(hydra_cfg: Any = None) -> list[str]:
+    """What this sweep varies: the command line's sweep syntax, plus an Optuna sweeper's search space
+    (`hydra.sweeper.params` in conf/hydra/sweeper/optuna.yaml, which the command line does not show)."""
+    keys = swept_keys(sweep_argv())
+    if hydra_cfg is None and HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+    params = (hydra_cfg.sweeper.get("params") or {}) if hydra_cfg is not None else {}
+    return keys + [str(k) for k in params if str(k) not in keys]
+
+
 def name_from_overrides(job_overrides: list[str], swept: list[str]) -> str:
     """`batch=16,imgsz=640` from the job's overrides; keys are shortened to their last part where unambiguous."""
     pairs = [o.split("=", 1) for o in job_overrides if "=" in o]
@@ -63,4 +74,4 @@ def name_from_overrides(job_overrides: list[str], swept: list[str]) -> str:
 def job_name() -> str:
     if not _multirun():
         return ""
-    return name_from_overrides(list(HydraConfig.get().overrides.task), swept_keys(sweep_argv()))
+    return name_from_overrides(list(HydraConfig.get().overrides.task), sweep_keys())

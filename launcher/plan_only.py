@@ -13,16 +13,24 @@ from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.data.synthetic import CLASS_NAMES
 from yolo_ddp.memory import run as memory
+from yolo_ddp.memory.planner import MemoryPlan
 from yolo_ddp.plan import local_amp_mode
 
 
-def describe_plan(cfg: Config, nproc_per_node: int) -> str:
+def plan_job(cfg: Config, nproc_per_node: int) -> tuple[MemoryPlan, Config]:
+    """The memory plan the job's ranks would make, and the config it leads to; raises MemoryPlanError when
+    nothing allowed fits."""
     world = nproc_per_node * cfg.launcher.nnodes
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     names = load_data_spec(resolve_data_yaml(cfg.data)).names if cfg.data.path else dict(enumerate(CLASS_NAMES))
     amp = local_amp_mode(cfg.train.amp, device)
     mem = memory.plan_for_run(cfg, names, device, world, amp, local_ranks=nproc_per_node)
-    chosen = memory.apply(cfg, mem, world)
+    return mem, memory.apply(cfg, mem, world)
+
+
+def describe_plan(cfg: Config, nproc_per_node: int) -> str:
+    world = nproc_per_node * cfg.launcher.nnodes
+    mem, chosen = plan_job(cfg, nproc_per_node)
     global_batch = chosen.train.batch
     accumulate = max(round(cfg.train.nbs / global_batch), 1)
     return "\n".join([

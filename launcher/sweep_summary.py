@@ -16,14 +16,18 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from launcher.job_names import name_from_overrides, sweep_argv, swept_keys
+from launcher.job_names import name_from_overrides, sweep_keys
 from launcher.slurm import node_rank
-from yolo_ddp.logging.sweep import job_row, write_summary
+from yolo_ddp.logging.sweep import ROW_FILE, job_row, write_summary
 
 log = logging.getLogger("launcher")
 
 
-ROW_FILE = "sweep_row.json"
+def objectives_of(hydra: DictConfig) -> tuple[list[str], bool]:
+    """(objective columns, whether this is a search): an Optuna sweeper's `objectives`, else best mAP50-95."""
+    sweeper = hydra.get("sweeper") or {}
+    names = list(sweeper.get("objectives") or ["best_mAP50-95"])
+    return names, "optuna" in str(sweeper.get("_target_", ""))
 
 
 class SweepSummary(Callback):
@@ -40,19 +44,29 @@ class SweepSummary(Callback):
         error = str(getattr(job_return, "_return_value", "")) if failed else ""
         job = int(hydra.job.num)
         run_dir = Path(hydra.runtime.output_dir)
-        row = job_row(job, name_from_overrides(overrides, swept_keys(sweep_argv())), overrides,
-                      job_return.status.name, run_dir, error)
+        old = run_dir / ROW_FILE
+        if not failed and old.exists():  # a point a re-run skipped keeps the row of the run that completed it
+            kept = json.loads(old.read_text())
+            if kept.get("status") == "COMPLETED" and kept.get("overrides") == " ".join(overrides):
+                self._write(config)
+                return
+        swept = sweep_keys(hydra)
+        names, _ = objectives_of(hydra)
+        row = job_row(job, name_from_overrides(overrides, swept), overrides, job_return.status.name, run_dir, error,
+                      swept, names)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ROW_FILE).write_text(json.dumps(row))
-        self._write(Path(hydra.sweep.dir))
+        old.write_text(json.dumps(row))
+        self._write(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Jobs that ended at the same moment in other processes may each have missed the other's row.
-        self._write(Path(config.hydra.sweep.dir))
+        self._write(config)
 
     @staticmethod
-    def _write(sweep_dir: Path) -> None:
+    def _write(config: DictConfig) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
         rows = [json.loads(p.read_text()) for p in sweep_dir.rglob(ROW_FILE)]
         if rows:
-            write_summary(sweep_dir, rows)
+            names, search = objectives_of(config.hydra)
+            write_summary(sweep_dir, rows, names, search)
             log.info(f"sweep summary ({len(rows)} job(s)): {sweep_dir / 'sweep_summary.csv'}")

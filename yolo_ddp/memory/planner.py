@@ -22,7 +22,12 @@ MODEL_SCALES = "xlmsn"  # largest to smallest
 
 
 class MemoryPlanError(ValueError):
-    """Nothing allowed fits; the message says what was tried and which knob would help."""
+    """Nothing allowed fits; the message says what was tried and which knob would help. `need` and `budget`
+    (bytes per rank) are the smallest candidate's estimate and the budget it missed (0 for a config error)."""
+
+    def __init__(self, message: str, need: int = 0, budget: int = 0):
+        super().__init__(message)
+        self.need, self.budget = need, budget
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,8 @@ def plan_memory(
             f"Out of memory before the first step: {_short(cand)} needs {est.total(cand.batch_per_rank) / GiB:.2f} "
             f"GiB per rank, the budget on {device} is {budget / GiB:.2f} GiB ({free / GiB:.2f} GiB free x "
             f"train.memory_fraction). Tried: {tried}. Fix: {hint}lower train.batch, data.imgsz or model, or free "
-            f"the device (another process may hold memory)."
+            f"the device (another process may hold memory).",
+            need=est.total(cand.batch_per_rank), budget=budget,
         )
     return MemoryPlan(cand, est, budget, free, device, tuple(steps))
 
