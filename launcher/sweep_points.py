@@ -63,7 +63,8 @@ def prepare(cfg: Config, run_dir: Path, overrides: list[str], swept: list[str]) 
     """(config to run, record) for this point; config None: completed earlier, skip it."""
     row = previous_row(run_dir, overrides)
     if row and row.get("status") == "COMPLETED":
-        log.info(f"sweep point {run_dir.name} [{' '.join(overrides)}] completed earlier: skipped, row kept")
+        # print: this job returns before its log file and handlers are set up
+        print(f"sweep point {run_dir.name} [{' '.join(overrides)}] completed earlier: skipped, row kept", flush=True)
         return None, {}
     allow, note = restrict_ladder(list(cfg.train.allow_downgrade), swept)
     record: dict[str, Any] = {"ladder": note} if note else {}
