@@ -84,7 +84,7 @@ def _plan(cfg: Config, nproc: int) -> dict[str, Any]:
     except MemoryPlanError as e:
         if not e.need:  # a config error, not a verdict on memory
             raise
-        return {"infeasible": True, "need_gib": round(e.need / GiB, 3), "have_gib": round(e.budget / GiB, 3),
+        return {"infeasible": True, "need_gib": round(e.need / GiB, 6), "have_gib": round(e.budget / GiB, 6),
                 "message": str(e)}
     return {"need_gib": round(mem.need / GiB, 3), "have_gib": round(mem.budget / GiB, 3),
             "downgrades": list(mem.steps)}

@@ -96,7 +96,7 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], objectives: list[
 def _label(r: dict[str, Any]) -> str:
     status = "" if r["status"] == "COMPLETED" else f"\n({r['status']}"
     if r["status"] == INFEASIBLE and r.get("need_gib", "") != "":
-        status += f": needs {r['need_gib']} of {r['have_gib']} GiB"
+        status += f": needs {float(r['need_gib']):.3g} of {float(r['have_gib']):.3g} GiB"
     name = r["name"] if len(r["name"]) <= 40 else r["name"][:37] + "..."  # a search's full point is in the CSV
     return f"#{r['job']} {name}" + (status + ")" if status else "")
 
