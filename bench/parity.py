@@ -129,6 +129,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="our data workers per rank (Ultralytics: 0)")
     p.add_argument("--backend", default="torch", choices=["torch", "dali"], help="our data backend")
     p.add_argument("--resume", action="store_true", help="keep finished runs whose recipe is unchanged")
+    p.add_argument("--extra", default="", help="more Hydra overrides for our side, e.g. train.loss_norm=per_batch; "
+                   "runs and outputs are then tagged with them")
     a = p.parse_args()
     a.nbs = a.nbs or a.batch
     a.configs = a.configs.split(",")
@@ -160,7 +162,8 @@ def prepare_data(a: argparse.Namespace) -> tuple[str, Path]:
 def recipe(config: str, a: argparse.Namespace, data_yaml: Path, translate: bool) -> dict:
     """Everything a run's result depends on; --resume reuses a result only when this is unchanged."""
     keys = ["model", "imgsz", "epochs", "batch", "nbs", "optimizer", "lr0", "warmup_epochs", "mosaic", "close_mosaic"]
-    ours = {"workers": a.workers, "backend": a.backend, "translate": translate} if config != "ultralytics" else {}
+    ours = {"workers": a.workers, "backend": a.backend, "translate": translate,
+            **({"extra": a.extra} if a.extra else {})} if config != "ultralytics" else {}
     return {"data": str(data_yaml), **{k: getattr(a, k) for k in keys}, **ours}
 
 
@@ -175,7 +178,7 @@ def our_overrides(config: str, a: argparse.Namespace, data_yaml: Path, seed: int
         f"data.mosaic={a.mosaic}", f"data.close_mosaic={a.close_mosaic}", f"train.seed={seed}", "train.val_every=1",
         "train.amp=off", f"data.workers={a.workers}", f"data.backend={a.backend}", "logger=csv",
         f"launcher.nproc_per_node={nproc}", *AUG_DEFAULTS, *([TRANSLATE] if translate else []),
-        f"data.cache_dir={OUT / 'cache'}", f"hydra.run.dir={run_dir}",
+        f"data.cache_dir={OUT / 'cache'}", f"hydra.run.dir={run_dir}", *shlex.split(a.extra),
     ]
 
 
@@ -251,10 +254,17 @@ def best_pt_epoch(config: str, stored: int | None, curve: list[float]) -> int:
     return len(curve) - curve[::-1].index(max(curve))
 
 
+def _variant(a: argparse.Namespace) -> str:
+    """A suffix naming our side's backend and extra overrides, so variants keep their own runs and outputs."""
+    parts = ([a.backend] if a.backend != "torch" else []) + [o.split(".")[-1].replace("=", "-")
+                                                             for o in shlex.split(a.extra)]
+    return "".join(f"-{p}" for p in parts)
+
+
 def run_one(config: str, seed: int, a: argparse.Namespace, data_name: str, data_yaml: Path,
             translate: bool) -> Result:
-    backend = f"-{a.backend}" if config != "ultralytics" and a.backend != "torch" else ""
-    run_dir = PARITY / data_name / f"{config}{backend}-s{seed}"
+    variant = "" if config == "ultralytics" else _variant(a)
+    run_dir = PARITY / data_name / f"{config}{variant}-s{seed}"
     want = recipe(config, a, data_yaml, translate)
     if a.resume and (saved := _load_result(run_dir, want)):
         print(f"{config} seed {seed}: kept {run_dir / RESULT_FILE}", flush=True)
@@ -384,7 +394,7 @@ def main() -> None:
                 print(f"{config} seed {seed} FAILED: {e}", flush=True)
                 failures.append((config, seed, str(e)))
     text = report(a, data_name, results, failures, translate)
-    tag = data_name if a.backend == "torch" else f"{data_name}-{a.backend}"
+    tag = data_name + _variant(a)
     md = OUT / f"parity-{tag}.md"
     md.write_text(text + "\n")
     print("\n" + text)
