@@ -66,17 +66,34 @@ def _finish(proc: subprocess.Popen, timeout: int = 400) -> tuple[int, str]:
     return proc.returncode, out
 
 
+def _memory_fraction_between(small: tuple[int, int], big: tuple[int, int]) -> float:
+    """A train.memory_fraction whose budget lies halfway between two grid points' needs per rank (2 ranks), from
+    the planner the launcher runs and this machine's free memory now: only the bigger point cannot fit."""
+    from launcher.plan_only import plan_job
+    from yolo_ddp.config import Config, DataConfig, TrainConfig
+
+    def need(batch: int, imgsz: int) -> tuple[int, int]:
+        cfg = Config(data=DataConfig(imgsz=imgsz), train=TrainConfig(batch=batch, amp="off", memory_fraction=1.0))
+        mem, _ = plan_job(cfg, 2)
+        return mem.need, mem.free
+
+    (lo, free), (hi, _) = need(*small), need(*big)
+    assert hi > 1.3 * lo
+    return (lo + hi) / 2 / free
+
+
 @pytest.mark.slow
 def test_grid_marks_infeasible_points_without_workers_and_a_rerun_skips_completed(tmp_path):
-    grid = ["train.batch=4,8", "train.memory_fraction=0.9,0.00001"]
+    fraction = _memory_fraction_between((4, 256), (8, 256))
+    grid = ["train.batch=4,8", "data.imgsz=64,256", f"train.memory_fraction={fraction:.6f}"]
     rc, out = _finish(_run(grid, tmp_path, tmp_path / "out"))
     assert rc == 0, out[-4000:]
     sweep_dir, rows = summary(tmp_path / "out")
     by_point = {(r["overrides"].split()[0], r["overrides"].split()[1]): r for r in rows}
     assert len(rows) == 4
-    for (batch, fraction), row in by_point.items():
+    for (batch, imgsz), row in by_point.items():
         job_dir = Path(row["run_dir"])
-        if fraction != "train.memory_fraction=0.9":
+        if (batch, imgsz) == ("train.batch=8", "data.imgsz=256"):  # the one point that cannot fit
             assert row["status"] == "INFEASIBLE" and float(row["need_gib"]) > float(row["have_gib"]), row
             assert "Out of memory before the first step" in row["error"] and row["objective"] == ""
             assert not list(job_dir.glob("rank*.log")) and not (job_dir / "resolved_config.yaml").exists()
@@ -91,7 +108,7 @@ def test_grid_marks_infeasible_points_without_workers_and_a_rerun_skips_complete
 
     rc, out = _finish(_run([*grid, f"hydra.sweep.dir={sweep_dir}"], tmp_path, tmp_path / "out"))
     assert rc == 0, out[-4000:]
-    assert out.count("completed earlier: skipped, row kept") == 2
+    assert out.count("completed earlier: skipped, row kept") == 3
     assert {p: p.stat().st_mtime_ns for p in trained} == trained  # not trained again
     _, again = summary(tmp_path / "out")
     assert sorted((r["job"], r["status"]) for r in again) == sorted((r["job"], r["status"]) for r in rows)
