@@ -25,7 +25,7 @@ from ultralytics.data.utils import IMG_FORMATS, exif_size, img2label_paths
 from ultralytics.utils import patches
 from ultralytics.utils.ops import segments2boxes
 
-from yolo_ddp.data.spec import DataError, abspath_keep_links
+from yolo_ddp.data.spec import DataError, abspath_keep_links, publish_dir
 from yolo_ddp.dist import get_rank, local_rank_zero_first
 
 LOGGER = logging.getLogger(__name__)
@@ -216,11 +216,7 @@ def _build(files: list[str], label_files: list[str], nc: int, final: Path) -> No
         meta = {"im_files": [files[i] for i in keep], "skipped": skipped,
                 "duplicates_removed": sum(d for _, d, _ in parsed), "polygons_converted": sum(p for _, _, p in parsed)}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():  # else another node on a shared filesystem won the race
-                raise
+        publish_dir(tmp, final, "meta.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from yolo_ddp.data.spec import DataError
+from yolo_ddp.data.spec import DataError, publish_dir
 from yolo_ddp.dist import local_rank_zero_first
 
 _VERSION = "1"  # bump when the converted layout or the conversion rules change
@@ -101,11 +101,7 @@ def _build(source: Path, final: Path, convert: Callable[[Path], Converted]) -> N
         data = {"path": str(final), "train": "train.txt", "val": "val.txt", "names": dict(enumerate(done.names)),
                 "source": str(source)}
         (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "data.yaml").is_file():  # else another node on a shared filesystem won the race
-                raise
+        publish_dir(tmp, final, "data.yaml")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

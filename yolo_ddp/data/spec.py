@@ -160,3 +160,13 @@ def _parse_split(cfg: dict[str, Any], key: str, root: Path, p: Path) -> list[Pat
             )
         out.append(src)
     return out
+
+
+def publish_dir(tmp: Path, final: Path, marker: str) -> None:
+    """Rename a fully written `tmp` dir onto `final`, so readers never see half of it. Losing the race to another
+    node on a shared filesystem is fine when its `final` is complete (holds `marker`)."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not (final / marker).is_file():
+            raise
