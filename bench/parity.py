@@ -254,6 +254,11 @@ def best_pt_epoch(config: str, stored: int | None, curve: list[float]) -> int:
     return len(curve) - curve[::-1].index(max(curve))
 
 
+def _batches(a: argparse.Namespace) -> str:
+    """A suffix for a batch or nbs other than the default 16/16, so those runs keep their own dirs."""
+    return "" if (a.batch, a.nbs) == (16, 16) else f"-b{a.batch}-nbs{a.nbs}"
+
+
 def _variant(a: argparse.Namespace) -> str:
     """A suffix naming our side's backend and extra overrides, so variants keep their own runs and outputs."""
     parts = ([a.backend] if a.backend != "torch" else []) + [o.split(".")[-1].replace("=", "-")
@@ -263,7 +268,7 @@ def _variant(a: argparse.Namespace) -> str:
 
 def run_one(config: str, seed: int, a: argparse.Namespace, data_name: str, data_yaml: Path,
             translate: bool) -> Result:
-    variant = "" if config == "ultralytics" else _variant(a)
+    variant = _batches(a) + ("" if config == "ultralytics" else _variant(a))
     run_dir = PARITY / data_name / f"{config}{variant}-s{seed}"
     want = recipe(config, a, data_yaml, translate)
     if a.resume and (saved := _load_result(run_dir, want)):
@@ -394,7 +399,8 @@ def main() -> None:
                 print(f"{config} seed {seed} FAILED: {e}", flush=True)
                 failures.append((config, seed, str(e)))
     text = report(a, data_name, results, failures, translate)
-    tag = data_name + _variant(a)
+    subset = "" if tuple(a.configs) == CONFIGS else "-" + "-".join(a.configs)  # a partial run keeps its own files
+    tag = data_name + _batches(a) + _variant(a) + subset
     md = OUT / f"parity-{tag}.md"
     md.write_text(text + "\n")
     print("\n" + text)
