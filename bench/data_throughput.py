@@ -39,6 +39,7 @@ from yolo_ddp.data.loaders import build_train_stream, resolve_backend  # noqa: E
 from yolo_ddp.data.spec import load_data_spec  # noqa: E402
 from yolo_ddp.data.synthetic import materialize  # noqa: E402
 from yolo_ddp.data.torch_loader import build_loader  # noqa: E402
+from yolo_ddp.plan import loader_batches_per_epoch  # noqa: E402
 
 
 def rate(batches: Iterable, n_batches: int, warmup: int, sync: bool) -> float:
@@ -108,7 +109,7 @@ def main() -> None:
     spec = load_data_spec(data_yaml)
     index = build_index(spec.train, spec.nc, Path(args.cache) / "index", "train")
     s, b, nb = args.imgsz, args.batch, args.batches
-    per_epoch = len(index) // b
+    per_epoch = loader_batches_per_epoch(len(index), 1, b)  # every image every epoch, the last batch partial
     plain, mosaic = Augment(mosaic=0.0), Augment(mosaic=1.0)
     gpu = torch.cuda.is_available()
     skip = set(filter(None, args.skip.split(",")))
