@@ -80,11 +80,16 @@ def test_nccl_without_a_gpu_is_refused_before_workers_start(tmp_path):
     assert proc.returncode == 2 and not list((tmp_path / "out").rglob("rank*.log"))
 
 
-def test_nccl_without_a_gpu_under_torchrun(tmp_path):
-    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": "", "YOLO_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "launcher",
-                           "+experiment=pcb_defects", "dist.backend=nccl"],
+def torchrun_one_rank(override: str, tmp: Path) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=1 -m launcher +experiment=pcb_defects <override>` on a machine without GPU."""
+    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp / "out"), "CUDA_VISIBLE_DEVICES": "", "YOLO_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "launcher",
+                           "+experiment=pcb_defects", override],
                           capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+
+
+def test_nccl_without_a_gpu_under_torchrun(tmp_path):
+    proc = torchrun_one_rank("dist.backend=nccl", tmp_path)
     assert proc.returncode != 0
     assert "error: Config key 'dist.backend': dist.backend=nccl needs CUDA GPUs" in proc.stderr, proc.stderr[-2000:]
 
@@ -111,10 +116,7 @@ def test_fresh_run_in_an_occupied_run_dir_changes_nothing(tmp_path):
 
 
 def test_torchrun_failure_summary_shows_the_error_as_root_cause(tmp_path):
-    env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": "", "YOLO_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "launcher",
-                           "+experiment=pcb_defects", "train.amp=fp8"],
-                          capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+    proc = torchrun_one_rank("train.amp=fp8", tmp_path)
     assert proc.returncode != 0
     summary = proc.stderr[proc.stderr.index("Root Cause"):]  # torchrun's own failure summary
     assert "error_file: <N/A>" not in summary, summary
