@@ -80,3 +80,9 @@ def test_amp_on_cpu_is_off_unless_bf16_asked():
 def test_amp_on_gpu_prefers_bf16():
     dev = torch.device("cuda", 0)
     assert local_amp_mode("auto", dev) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+
+
+def test_sync_bn_auto_default_gives_bn_ultralytics_default_batch():
+    """2 ranks x 8 (a global 16) syncs BN so it trains what 1 x 16 does; 16 per rank is left alone."""
+    assert make_plan(TrainConfig(batch=16, nbs=16), 256, 2, "off", "cpu", 256).sync_bn
+    assert not make_plan(TrainConfig(batch=32, nbs=32), 256, 2, "off", "cpu", 256).sync_bn

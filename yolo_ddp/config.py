@@ -130,8 +130,10 @@ class TrainConfig:
     # step's images would (yolo_ddp/loss_norm.py); per_batch: Ultralytics' normaliser per forward.
     loss_norm: str = "global"
     amp: str = "auto"
-    sync_bn: str = "auto"  # auto: SyncBatchNorm when world > 1 and per-rank batch < sync_bn_below
-    sync_bn_below: int = 8
+    # auto: SyncBatchNorm when world > 1 and per-rank batch < sync_bn_below, so BatchNorm statistics see at
+    # least Ultralytics' default batch (16); 2 ranks x 8 then trains what 1 x 16 does (bench/RESULTS.md).
+    sync_bn: str = "auto"
+    sync_bn_below: int = 16
     ema: bool = True
     grad_clip: float = 10.0
     seed: int = 0

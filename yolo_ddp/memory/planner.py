@@ -2,7 +2,7 @@
 
 Ladder, in this order, each rung only where `train.allow_downgrade` lists its kind and each step logged:
   amp    → turn on mixed precision (halves activations) when the device supports it;
-  batch  → a smaller per-rank micro-batch; accumulation keeps the nominal batch (and below 8 images per
+  batch  → a smaller per-rank micro-batch; accumulation keeps the nominal batch (and below 16 images per
            rank, `sync_bn=auto` turns SyncBatchNorm on so BN statistics still see enough images);
   imgsz  → 640 → 512 → 416 → 320 (stride multiples), activations scale with pixels;
   model  → the next smaller model of the family (yolov8x → l → m → s → n).
