@@ -159,3 +159,26 @@ def test_probe_cli_on_a_saved_file(capsys):
     assert "PIX*" in out and "strategy: fp16_compress" in out and "NCCL_P2P_DISABLE=1" in out
     assert "input link_bandwidth_GBps" in out
     assert probe_main(["--topo-file", str(FIXTURES / "README.md")]) == 2
+
+
+def test_powersgd_is_refused_with_fp16_amp_and_never_chosen_under_it():
+    """torch's PowerSGD keeps its error-feedback residual without a finite check: after one GradScaler
+    overflow it stays inf/NaN (tests/test_sync_ddp.py shows it) and every later fp16 step is skipped."""
+    from yolo_ddp.sync.plan import refuse_powersgd_with_fp16
+
+    node = load("F_8xH100_nvswitch_nv18.txt")
+    h100 = type(node)(**{**node.__dict__, "gpus": tuple(GpuInfo(g.index, "NVIDIA H100 80GB HBM3", 81559, (9, 0))
+                                                             for g in node.gpus)})
+    job = JobTopology(nodes=(h100, h100), ranks_per_node=8)
+    slow_net = SyncConfig(network_gbps=25)
+    assert choose_sync(slow_net, job, YOLOV8X, 16, "cuda", amp="bf16").strategy == "powersgd"
+    under_fp16 = choose_sync(slow_net, job, YOLOV8X, 16, "cuda", amp="fp16")
+    assert under_fp16.strategy == "bf16_compress", under_fp16.describe()
+    assert any("fp16" in r and "PowerSGD" in r for r in under_fp16.reasons)
+    asked = SyncConfig(strategy="powersgd")
+    with pytest.raises(ValueError, match=r"train\.amp.*sync\.strategy=powersgd.*fp16.*train\.amp=bf16"):
+        choose_sync(asked, job, YOLOV8X, 16, "cuda", amp="fp16")
+    with pytest.raises(ValueError, match="auto"):  # amp=auto that resolved to fp16 says so
+        refuse_powersgd_with_fp16("powersgd", "fp16", requested_amp="auto")
+    refuse_powersgd_with_fp16("powersgd", "bf16", requested_amp="auto")  # bf16 has no GradScaler: fine
+    refuse_powersgd_with_fp16("fp16_compress", "fp16", requested_amp="fp16")
