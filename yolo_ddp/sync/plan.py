@@ -133,12 +133,14 @@ def choose_sync(cfg: SyncConfig, job: JobTopology, w: Workload, world_size: int,
 
 
 def nccl_env_for(node: NodeTopology) -> dict[str, tuple[str, str]]:
-    """NCCL variables this node needs, each with the reason."""
+    """NCCL variables the job's GPUs on this node need (`node`: the job's view), each with the reason.
+
+    Pairs without peer access need nothing: NCCL checks every pair itself and stages only those through host
+    memory, while NCCL_P2P_DISABLE=1 would do that to every pair, NVLinked ones included. Only GPUs whose
+    P2P is reported but broken get it switched off.
+    """
     env = {}
-    names = [g.name for g in node.gpus]
-    if node.n_gpus > 1 and node.all_peer_access() is False:
-        env["NCCL_P2P_DISABLE"] = ("1", "peer access is unsupported between some GPU pairs")
-    elif any(P2P_BROKEN_GPUS.search(n) for n in names):
+    if node.n_gpus > 1 and any(P2P_BROKEN_GPUS.search(g.name) for g in node.gpus):
         env["NCCL_P2P_DISABLE"] = ("1", "GeForce RTX 40-series P2P is known to hang or corrupt data")
     return env
 
