@@ -13,6 +13,7 @@ from yolo_ddp.config import SyncConfig
 from yolo_ddp.sync.cost import Workload
 from yolo_ddp.sync.hooks import register_comm_hook
 from yolo_ddp.sync.plan import SyncPlan, apply_nccl_env, choose_sync, refuse_powersgd_with_fp16
+from yolo_ddp.topology.affinity import pin_to_gpu_cpus
 from yolo_ddp.topology.model import NodeTopology
 from yolo_ddp.topology.probe import gather_job_topology, node_topology_before_init
 
@@ -25,6 +26,8 @@ def prepare_node(backend: str) -> NodeTopology:
     if backend != "gloo" and torch.cuda.is_available():
         for line in apply_nccl_env(node, backend):
             log.info(f"NCCL env: {line}")
+        if pinned := pin_to_gpu_cpus(node, dist.get_local_rank()):  # before any thread the group or loaders start
+            log.info(pinned)
     return node
 
 
