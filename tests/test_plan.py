@@ -79,7 +79,30 @@ def test_amp_on_cpu_is_off_unless_bf16_asked():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_amp_on_gpu_prefers_bf16():
     dev = torch.device("cuda", 0)
-    assert local_amp_mode("auto", dev) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert local_amp_mode("auto", dev) == ("bf16" if native else "fp16")
+
+
+# (compute capability, emulated bf16 works): torch.cuda.is_bf16_supported() says True for both by default.
+GPUS = {"T4": ((7, 5), True), "A100": ((8, 0), True), "V100": ((7, 0), True)}
+
+
+@pytest.mark.parametrize(("gpu", "auto", "bf16_asked"), [("T4", "fp16", "fp16"), ("V100", "fp16", "fp16"),
+                                                          ("A100", "bf16", "bf16")])
+def test_amp_auto_takes_bf16_only_where_it_is_native(monkeypatch, gpu, auto, bf16_asked):
+    """A T4 (sm 7.5) runs bf16 only by emulation, many times slower than fp16 on its tensor cores."""
+    cc, emulated = GPUS[gpu]
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:  # torch's contract, on a `gpu`
+        return cc >= (8, 0) or (including_emulation and emulated)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cc)
+    dev = torch.device("cuda", 0)
+    assert local_amp_mode("auto", dev) == auto
+    assert local_amp_mode("bf16", dev) == bf16_asked
+    assert local_amp_mode("fp16", dev) == "fp16" and local_amp_mode("off", dev) == "off"
 
 
 def test_sync_bn_auto_default_gives_bn_ultralytics_default_batch():

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from tests.conftest import free_port
 from yolo_ddp.config import SyncConfig
 from yolo_ddp.sync.ddp import wrap_ddp
+from yolo_ddp.sync.hooks import register_comm_hook
 from yolo_ddp.sync.plan import SyncPlan
 
 pytestmark = pytest.mark.slow
@@ -62,9 +63,33 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                              "sent": sent["bytes"]}
         del ddp  # its reducer holds gloo work objects: free it (cycles too) while the group is alive
         gc.collect()
+    results["powersgd_after_overflow"] = _powersgd_after_one_overflow(rank)
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.barrier()  # no rank tears the group down while the other still has work in flight
     dist.destroy_process_group()
+
+
+def _powersgd_after_one_overflow(rank: int) -> dict:
+    """Rank 0's loss overflows once, as an fp16 GradScaler step can; the step is skipped as GradScaler skips it."""
+    model = tiny_net()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    state = register_comm_hook(ddp, "powersgd", CFG)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(100 + rank)
+    finite = []
+    for step in range(STEPS):
+        x, y = torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        overflow = float("inf") if step == CFG.powersgd_start_iter + 1 and rank == 0 else 1.0
+        (torch.nn.functional.cross_entropy(ddp(x), y) * overflow).backward()
+        grads_finite = all(bool(p.grad.isfinite().all()) for p in model.parameters())
+        finite.append(grads_finite)
+        if grads_finite:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    residual_finite = all(bool(e.isfinite().all()) for e in state.error_dict.values())
+    del ddp
+    gc.collect()
+    return {"grads_finite": finite, "residual_finite": residual_finite}
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +115,14 @@ def test_compression_changes_bytes_sent_not_the_result(runs):
         assert rel < 1e-3, f"{half}: weights differ from fp32 all-reduce by {rel:.2e}, more than rounding"
     # PowerSGD: plain all-reduce for the first start_iter - 1 steps, then low-rank factors only.
     assert 0 < r["powersgd"]["sent"] < (CFG.powersgd_start_iter - 1) * grad_bytes + (STEPS - 1) * grad_bytes / 2
+
+
+def test_powersgd_residual_never_recovers_from_one_overflow(runs):
+    """Why sync.strategy=powersgd is refused with fp16 AMP (yolo_ddp.sync.plan.refuse_powersgd_with_fp16):
+    torch's error feedback keeps the overflowed residual, so every later step's gradients are inf/NaN too."""
+    overflow_at = CFG.powersgd_start_iter + 1
+    for r in runs:
+        seen = r["powersgd_after_overflow"]
+        assert all(seen["grads_finite"][:overflow_at])
+        assert not any(seen["grads_finite"][overflow_at:]), seen  # clean data, still non-finite: poisoned
+        assert not seen["residual_finite"]

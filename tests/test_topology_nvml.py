@@ -61,6 +61,15 @@ class FakeNvml:
     def nvmlDeviceGetPciInfo(self, h):
         return type("Pci", (), {"busId": self.buses[h]})()
 
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-{h:08x}-0000-0000-0000-000000000000".encode()
+
+    def nvmlDeviceGetCpuAffinity(self, h, words):
+        if self.numa is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        mask = (0xFFFF << 16 * self.numa[h]) | (0xFFFF << 64 + 16 * self.numa[h])  # CPUs 0-15,64-79 on node 0
+        return [mask >> 64 * w & (2**64 - 1) for w in range(max(words, 2))]
+
     def _link(self, h, link):
         if link >= len(self.links[h]):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # links that don't exist raise
@@ -95,6 +104,8 @@ def test_nvswitch_box_links_every_pair_through_the_switch():
     assert node.all_peer_access() is True
     assert node.gpus[2].numa_node == 1 and node.gpus[0].compute_capability == (9, 0)
     assert node.gpus[0].memory_mib == 80 * 1024 and node.gpus[0].pcie_gen == 4
+    assert node.gpus[3].uuid == "GPU-00000003-0000-0000-0000-000000000000" and node.gpus[3].pci_bus_id == "0000:1b:00.0"
+    assert node.gpus[2].cpu_affinity == (*range(16, 32), *range(80, 96))
 
 
 def test_direct_nvlink_pair_among_pcie_gpus_and_missing_p2p():

@@ -55,6 +55,9 @@ def test_fixture_cells():
     assert d.links[0][1].label == "NODE" and d.links[0][2].label == "SYS" and d.links[2][3].label == "NODE"
     j = load("J_4gpu_pxb_pix_sys_tabs.txt")
     assert j.links[0][1].label == "PXB" and j.links[2][3].label == "PIX" and j.links[1][2].label == "SYS"
+    a = load("A_dgx_a100_nv12_nics.txt")
+    assert a.gpus[0].cpu_affinity == (*range(48, 64), *range(176, 192))  # after 12 NIC columns
+    assert load("G_8x4090_sys_nics_tabs.txt").gpus[0].cpu_affinity  # an empty cell before `GPU NUMA ID`
     k = load("K_mixed_one_nvlink_bridge.txt")
     assert k.links[0][1].label == "NV4" and k.links[0][2].label == "PHB"
 
@@ -139,7 +142,7 @@ def test_nccl_env_from_the_probe(monkeypatch):
     from yolo_ddp.sync.plan import apply_nccl_env
 
     no_p2p = load("E_2080ti_pix.txt", "E_2080ti_p2p.txt")
-    assert nccl_env_for(no_p2p)["NCCL_P2P_DISABLE"][0] == "1"
+    assert nccl_env_for(no_p2p) == {}  # NCCL's own per-pair check stages that pair through host memory
     assert nccl_env_for(load("F_8xH100_nvswitch_nv18.txt")) == {}
     g = load("G_8x4090_sys_nics_tabs.txt")
     named = type(g)(**{**g.__dict__, "gpus": tuple(GpuInfo(x.index, "NVIDIA GeForce RTX 4090") for x in g.gpus)})
@@ -156,6 +159,29 @@ def test_probe_cli_on_a_saved_file(capsys):
     assert probe_main(["--topo-file", str(FIXTURES / "E_2080ti_pix.txt"), "--p2p-file",
                        str(FIXTURES / "E_2080ti_p2p.txt"), "--imgsz", "160", "--batch-per-rank", "2"]) == 0
     out = capsys.readouterr().out
-    assert "PIX*" in out and "strategy: fp16_compress" in out and "NCCL_P2P_DISABLE=1" in out
+    assert "PIX*" in out and "strategy: fp16_compress" in out and "NCCL env: nothing to set" in out
     assert "input link_bandwidth_GBps" in out
     assert probe_main(["--topo-file", str(FIXTURES / "README.md")]) == 2
+
+
+def test_powersgd_is_refused_with_fp16_amp_and_never_chosen_under_it():
+    """torch's PowerSGD keeps its error-feedback residual without a finite check: after one GradScaler
+    overflow it stays inf/NaN (tests/test_sync_ddp.py shows it) and every later fp16 step is skipped."""
+    from yolo_ddp.sync.plan import refuse_powersgd_with_fp16
+
+    node = load("F_8xH100_nvswitch_nv18.txt")
+    h100 = type(node)(**{**node.__dict__, "gpus": tuple(GpuInfo(g.index, "NVIDIA H100 80GB HBM3", 81559, (9, 0))
+                                                             for g in node.gpus)})
+    job = JobTopology(nodes=(h100, h100), ranks_per_node=8)
+    slow_net = SyncConfig(network_gbps=25)
+    assert choose_sync(slow_net, job, YOLOV8X, 16, "cuda", amp="bf16").strategy == "powersgd"
+    under_fp16 = choose_sync(slow_net, job, YOLOV8X, 16, "cuda", amp="fp16")
+    assert under_fp16.strategy == "bf16_compress", under_fp16.describe()
+    assert any("fp16" in r and "PowerSGD" in r for r in under_fp16.reasons)
+    asked = SyncConfig(strategy="powersgd")
+    with pytest.raises(ValueError, match=r"train\.amp.*sync\.strategy=powersgd.*fp16.*train\.amp=bf16"):
+        choose_sync(asked, job, YOLOV8X, 16, "cuda", amp="fp16")
+    with pytest.raises(ValueError, match="auto"):  # amp=auto that resolved to fp16 says so
+        refuse_powersgd_with_fp16("powersgd", "fp16", requested_amp="auto")
+    refuse_powersgd_with_fp16("powersgd", "bf16", requested_amp="auto")  # bf16 has no GradScaler: fine
+    refuse_powersgd_with_fp16("fp16_compress", "fp16", requested_amp="fp16")

@@ -102,7 +102,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     if plan.sync_bn:
         raw = convert_sync_batchnorm(raw, device)
     raw = speed.to_memory_format(raw.to(device), cfg.train)
-    sync_plan = sync.plan_sync(cfg.sync, node, raw, cfg.data.imgsz, plan.batch_per_rank, device)
+    sync_plan = sync.plan_sync(cfg.sync, node, raw, cfg.data.imgsz, plan.batch_per_rank, device, amp, cfg.train.amp)
     writer.info(sync_plan.describe())
     writer.run_info(collect_run_info(plan, sync_plan, node, device, memory_plan.as_dict()))  # a collective
     model = sync.wrap_ddp(raw, device, sync_plan, cfg.sync) if world > 1 else raw

@@ -12,7 +12,7 @@ from yolo_ddp.config import Config
 from yolo_ddp.memory.estimate import Estimate, estimate
 from yolo_ddp.memory.planner import Candidate, MemoryPlan, plan_memory
 from yolo_ddp.model import build_model
-from yolo_ddp.plan import local_amp_mode, split_global_batch
+from yolo_ddp.plan import agree_amp_mode, split_global_batch
 
 STRIDE = 32
 
@@ -48,14 +48,15 @@ def plan_for_run(cfg: Config, names: dict[int, str], device: torch.device, world
     """Rank 0 probes and decides against the smallest budget of all ranks; every rank gets that decision."""
     free = int(dist.all_reduce_min(float(free_bytes(device, local_ranks)), device))
     budget = int(free * cfg.train.memory_fraction)
+    best_amp = agree_amp_mode("auto", device)  # the best mode every rank has natively, not rank 0's alone
     plan = None
     if dist.get_rank() == 0:
-        plan = _decide(cfg, names, device, world, amp, free, budget)
+        plan = _decide(cfg, names, device, world, amp, free, budget, best_amp)
     return dist.broadcast_object(plan)
 
 
 def _decide(cfg: Config, names: dict[int, str], device: torch.device, world: int, amp: str, free: int,
-            budget: int) -> MemoryPlan:
+            budget: int, agreed_best_amp: str) -> MemoryPlan:
     probed = largest_imgsz(cfg)
     cache: dict[tuple[str, str], Estimate] = {}
 
@@ -72,7 +73,7 @@ def _decide(cfg: Config, names: dict[int, str], device: torch.device, world: int
     cap = max(1, cfg.train.nbs // world)
     per_rank = cap if auto else split_global_batch(cfg.train.batch, world)
     best_amp = "off" if cfg.train.amp == "off" and "amp" not in cfg.train.allow_downgrade else \
-        local_amp_mode("auto", device)
+        agreed_best_amp
     if device.type != "cuda":
         best_amp = amp  # CPU autocast is slower than fp32; never switch it on as a memory fix there
     start = Candidate(cfg.model.cfg, probed, amp, per_rank)

@@ -12,7 +12,8 @@ from yolo_ddp import dist
 from yolo_ddp.config import SyncConfig
 from yolo_ddp.sync.cost import Workload
 from yolo_ddp.sync.hooks import register_comm_hook
-from yolo_ddp.sync.plan import SyncPlan, apply_nccl_env, choose_sync
+from yolo_ddp.sync.plan import SyncPlan, apply_nccl_env, choose_sync, refuse_powersgd_with_fp16
+from yolo_ddp.topology.affinity import pin_to_gpu_cpus
 from yolo_ddp.topology.model import NodeTopology
 from yolo_ddp.topology.probe import gather_job_topology, node_topology_before_init
 
@@ -25,6 +26,8 @@ def prepare_node(backend: str) -> NodeTopology:
     if backend != "gloo" and torch.cuda.is_available():
         for line in apply_nccl_env(node, backend):
             log.info(f"NCCL env: {line}")
+        if pinned := pin_to_gpu_cpus(node, dist.get_local_rank()):  # before any thread the group or loaders start
+            log.info(pinned)
     return node
 
 
@@ -39,14 +42,15 @@ def model_gflops(model: torch.nn.Module, imgsz: int) -> float:
 
 
 def plan_sync(cfg: SyncConfig, node: NodeTopology, model: torch.nn.Module, imgsz: int, batch_per_rank: int,
-              device: torch.device) -> SyncPlan:
-    """Rank 0 decides from every node's probe; every rank gets the same plan."""
+              device: torch.device, amp: str = "off", requested_amp: str = "") -> SyncPlan:
+    """Rank 0 decides from every node's probe; every rank gets the same plan (`amp`: the run's agreed mode)."""
+    refuse_powersgd_with_fp16(cfg.strategy, amp, requested_amp or amp)  # on every rank: none waits for rank 0
     job = gather_job_topology(node)
     plan = None
     if dist.is_main():
         gflops = model_gflops(model, imgsz) if cfg.strategy == "auto" and dist.get_world_size() > 1 else 0.0
         plan = choose_sync(cfg, job, Workload.of_model(model, gflops, batch_per_rank), dist.get_world_size(),
-                           device.type)
+                           device.type, amp, requested_amp)
     return dist.broadcast_object(plan)
 
 

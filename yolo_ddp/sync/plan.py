@@ -63,13 +63,33 @@ def _bucket_mb(cfg: SyncConfig, job: JobTopology, grad_bytes: int) -> tuple[floa
     return min(mb, max(DEFAULT_BUCKET_MB, grad_bytes / 2**20)), why
 
 
-def choose_sync(cfg: SyncConfig, job: JobTopology, w: Workload, world_size: int, device_type: str) -> SyncPlan:
+def refuse_powersgd_with_fp16(strategy: str, amp: str, requested_amp: str = "fp16") -> None:
+    """PowerSGD's error feedback (torch's powerSGD_hook) adds last step's residual to each bucket and keeps
+    the new one without a finite check: one fp16 GradScaler overflow leaves the residual inf/NaN for good,
+    and every later step overflows and is skipped. bf16 has no scaler and (practically) no overflow."""
+    if strategy != "powersgd" or amp != "fp16":
+        return
+    resolved = "" if requested_amp == "fp16" else f" (train.amp={requested_amp} resolved to fp16 on this hardware)"
+    raise ValueError(
+        f"Config keys 'sync.strategy' and 'train.amp': sync.strategy=powersgd cannot train with fp16 AMP{resolved}. "
+        f"torch's PowerSGD keeps an error-feedback residual that one GradScaler overflow turns into inf/NaN "
+        f"for the rest of the run, so every later step would be skipped. Use train.amp=bf16 (GPUs of compute "
+        f"capability 8.0+) or train.amp=off with PowerSGD, or keep fp16 and pick sync.strategy=fp16_compress "
+        f"or sync.strategy=auto."
+    )
+
+
+def choose_sync(cfg: SyncConfig, job: JobTopology, w: Workload, world_size: int, device_type: str,
+                amp: str = "off", requested_amp: str = "") -> SyncPlan:
+    """`amp` is the run's resolved AMP mode (`requested_amp`, train.amp as set, only words the refusal)."""
+    refuse_powersgd_with_fp16(cfg.strategy, amp, requested_amp or amp)
     link = job.worst_link()
     speed = link_speed(link, job, cfg.network_gbps)
     tflops, tflops_why = peak_tflops(job)
     bucket_mb, bucket_why = _bucket_mb(cfg, job, w.grad_bytes)
     compress = compression_dtype(job)
-    candidates = ["allreduce", compress, "powersgd"]
+    powersgd_ok = amp != "fp16"
+    candidates = ["allreduce", compress] + (["powersgd"] if powersgd_ok else [])
     if cfg.strategy != "auto" and cfg.strategy not in candidates:
         candidates.append(cfg.strategy)
     est = {s: estimate(s, w, world_size, speed, tflops, cfg.mfu, bucket_mb, device_type, cfg.powersgd_rank)
@@ -94,7 +114,10 @@ def choose_sync(cfg: SyncConfig, job: JobTopology, w: Workload, world_size: int,
     else:
         chosen = "allreduce"
         threshold = cfg.min_gain * base.step_ms
-        for s in (compress, "powersgd"):
+        if not powersgd_ok:
+            reasons.append("PowerSGD not considered: its error-feedback residual never recovers from an fp16 "
+                           "GradScaler overflow (train.amp resolved to fp16)")
+        for s in candidates[1:]:
             gain = est[chosen].step_ms - est[s].step_ms
             if gain >= threshold:
                 reasons.append(f"{s} saves {gain:.2f} ms per step over {chosen} (>= {cfg.min_gain:.0%} of the step)")
@@ -110,12 +133,14 @@ def choose_sync(cfg: SyncConfig, job: JobTopology, w: Workload, world_size: int,
 
 
 def nccl_env_for(node: NodeTopology) -> dict[str, tuple[str, str]]:
-    """NCCL variables this node needs, each with the reason."""
+    """NCCL variables the job's GPUs on this node need (`node`: the job's view), each with the reason.
+
+    Pairs without peer access need nothing: NCCL checks every pair itself and stages only those through host
+    memory, while NCCL_P2P_DISABLE=1 would do that to every pair, NVLinked ones included. Only GPUs whose
+    P2P is reported but broken get it switched off.
+    """
     env = {}
-    names = [g.name for g in node.gpus]
-    if node.n_gpus > 1 and node.all_peer_access() is False:
-        env["NCCL_P2P_DISABLE"] = ("1", "peer access is unsupported between some GPU pairs")
-    elif any(P2P_BROKEN_GPUS.search(n) for n in names):
+    if node.n_gpus > 1 and any(P2P_BROKEN_GPUS.search(g.name) for g in node.gpus):
         env["NCCL_P2P_DISABLE"] = ("1", "GeForce RTX 40-series P2P is known to hang or corrupt data")
     return env
 

@@ -49,6 +49,9 @@ class GpuInfo:
     numa_node: int | None = None
     pcie_gen: int | None = None
     pcie_width: int | None = None
+    uuid: str = ""  # GPU-xxxxxxxx-...: how CUDA_VISIBLE_DEVICES and torch name the GPU, whatever the order
+    pci_bus_id: str = ""  # 0000:18:00.0 (domain:bus:device.function, lower case)
+    cpu_affinity: tuple[int, ...] = ()  # CPUs nearest the GPU (its NUMA node's), empty when unknown
 
 
 @dataclass(frozen=True)
@@ -143,16 +146,25 @@ class JobTopology:
 
 def restrict(node: NodeTopology, n: int) -> NodeTopology:
     """The node as seen by a job that uses only its first `n` GPUs (one per local rank)."""
+    return select(node, tuple(range(min(n, node.n_gpus))))
+
+
+def select(node: NodeTopology, indices: tuple[int, ...], note: str = "") -> NodeTopology:
+    """The node as seen by a job whose local rank r uses the node's GPU `indices[r]` (links and peer access
+    among those GPUs only; `GpuInfo.index` keeps the node's numbering)."""
     return NodeTopology(
-        source=node.source, gpus=node.gpus[:n], links=tuple(row[:n] for row in node.links[:n]),
-        peer_access=tuple(row[:n] for row in node.peer_access[:n]), nvswitch=node.nvswitch,
-        hostname=node.hostname, notes=node.notes,
+        source=node.source, gpus=tuple(node.gpus[i] for i in indices),
+        links=tuple(tuple(node.links[i][j] for j in indices) for i in indices),
+        peer_access=tuple(tuple(node.peer_access[i][j] for j in indices) for i in indices)
+        if node.peer_access else (),
+        nvswitch=node.nvswitch, hostname=node.hostname, notes=(*node.notes, note) if note else node.notes,
     )
 
 
 def node_from_dict(d: dict) -> NodeTopology:
     gpus = tuple(GpuInfo(**{**g, "compute_capability": tuple(g["compute_capability"])
-                            if g.get("compute_capability") else None}) for g in d["gpus"])
+                            if g.get("compute_capability") else None,
+                            "cpu_affinity": tuple(g.get("cpu_affinity", ()))}) for g in d["gpus"])
     return NodeTopology(
         source=d["source"], gpus=gpus, links=tuple(tuple(Link(**c) for c in row) for row in d["links"]),
         peer_access=tuple(tuple(row) for row in d["peer_access"]), nvswitch=d["nvswitch"],
@@ -177,7 +189,7 @@ def link_matrix_table(node: NodeTopology) -> str:
     """The link matrix as nvidia-smi prints it, plus a P2P marker (`*` = no peer access)."""
     if node.n_gpus == 0:
         return "(no GPUs: ranks are CPU processes exchanging gradients through host memory)"
-    header = "       " + "".join(f"GPU{j:<5}" for j in range(node.n_gpus)) + "NUMA  name"
+    header = "       " + "".join(f"GPU{g.index:<5}" for g in node.gpus) + "NUMA  name"
     rows = [header]
     for i, gpu in enumerate(node.gpus):
         cells = []
@@ -185,11 +197,11 @@ def link_matrix_table(node: NodeTopology) -> str:
             label = "X" if i == j else node.links[i][j].label + ("*" if node.p2p(i, j) is False else "")
             cells.append(f"{label:<8}")
         numa = "-" if gpu.numa_node is None else str(gpu.numa_node)
-        rows.append(f"GPU{i:<4}" + "".join(cells) + f"{numa:<6}{gpu.name}")
+        rows.append(f"GPU{gpu.index:<4}" + "".join(cells) + f"{numa:<6}{gpu.name}")
     if any(node.p2p(i, j) is False for i, j in node.pairs()):
         rows.append("* = no peer (P2P) access between the pair: traffic is staged through host memory")
     return "\n".join(rows)
 
 
 __all__ = ["GpuInfo", "JobTopology", "Link", "NodeTopology", "cpu_node", "link_matrix_table", "node_from_json",
-           "node_to_json", "restrict"]
+           "node_to_json", "restrict", "select"]

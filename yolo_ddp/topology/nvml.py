@@ -8,6 +8,7 @@ other switched GPU, so a switched pair gets the smaller of the two GPUs' switch-
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -75,10 +76,17 @@ def _nvlinks(nvml: Any, handle: Any, bus_to_index: dict[str, int]) -> tuple[dict
     return per_peer, to_switch
 
 
+def _cpu_affinity(nvml: Any, handle: Any) -> tuple[int, ...]:
+    """The CPUs nearest the GPU: NVML's bitmask, 64 CPUs per word, as CPU ids."""
+    words = _try(nvml.nvmlDeviceGetCpuAffinity, handle, -(-(os.cpu_count() or 1) // 64), default=()) or ()
+    return tuple(64 * w + bit for w, mask in enumerate(words) for bit in range(64) if int(mask) >> bit & 1)
+
+
 def _gpu(nvml: Any, index: int, handle: Any) -> GpuInfo:
     mem = _try(nvml.nvmlDeviceGetMemoryInfo, handle)
     cc = _try(nvml.nvmlDeviceGetCudaComputeCapability, handle)
     numa = _try(nvml.nvmlDeviceGetNumaNodeId, handle) if hasattr(nvml, "nvmlDeviceGetNumaNodeId") else None
+    pci = _try(nvml.nvmlDeviceGetPciInfo, handle)
     return GpuInfo(
         index=index, name=_text(_try(nvml.nvmlDeviceGetName, handle, default="unknown")),
         memory_mib=int(mem.total) // 2**20 if mem is not None else 0,
@@ -86,6 +94,9 @@ def _gpu(nvml: Any, index: int, handle: Any) -> GpuInfo:
         numa_node=numa if isinstance(numa, int) and numa >= 0 else None,
         pcie_gen=_try(nvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
         pcie_width=_try(nvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
+        uuid=_text(_try(nvml.nvmlDeviceGetUUID, handle, default="")),
+        pci_bus_id=_bus_id(pci.busId) if pci is not None else "",
+        cpu_affinity=_cpu_affinity(nvml, handle),
     )
 
 

@@ -32,7 +32,8 @@ from yolo_ddp.topology.model import (
     node_to_json,
 )
 from yolo_ddp.topology.nvml import NvmlUnavailable, probe_nvml
-from yolo_ddp.topology.smi import TopoParseError, parse_topo_matrix, run_nvidia_smi
+from yolo_ddp.topology.smi import TopoParseError, parse_topo_matrix, run_nvidia_smi, with_gpu_query
+from yolo_ddp.topology.visible import cuda_device_ids, job_view
 
 log = logging.getLogger("yolo_ddp.topology")
 SHARE_WAIT_S = 120.0
@@ -49,7 +50,9 @@ def probe_node(allow_cuda_init: bool = False) -> NodeTopology:
     smi = run_nvidia_smi()
     if smi is not None:
         try:
-            return replace(parse_topo_matrix(smi[0], smi[1]), hostname=host, notes=tuple(notes))
+            node = parse_topo_matrix(smi[0], smi[1])
+            node = with_gpu_query(node, smi[2]) if smi[2] else node
+            return replace(node, hostname=host, notes=tuple(notes))
         except TopoParseError as e:
             notes.append(f"nvidia-smi: {e}")
     else:
@@ -87,7 +90,13 @@ def _share_file() -> Path:
 
 
 def node_topology_before_init() -> NodeTopology:
-    """This node's topology in a worker, before the process group exists (see the module docstring)."""
+    """This node as this job's local ranks use it (its GPUs in local-rank order), before the process group
+    exists (see the module docstring)."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return job_view(_whole_node(), local_ranks, cuda_device_ids(local_ranks))
+
+
+def _whole_node() -> NodeTopology:
     if not dist.under_elastic_agent():
         return probe_node(allow_cuda_init=False)  # a single process: nothing to share
     path = _share_file()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 
 from yolo_ddp.topology.model import PCIE_LEVELS, SELF, GpuInfo, Link, NodeTopology
 
@@ -73,17 +74,28 @@ def _link(code: str) -> Link:
     raise TopoParseError(f"unknown link code {code!r} in the GPU matrix")
 
 
-def _numa(tokens: list[str], n_gpus: int) -> int | None:
-    """NUMA affinity: the field after CPU affinity, which is the first non-code past the GPU cells.
+def _affinity(tokens: list[str], n_gpus: int) -> tuple[tuple[int, ...], int | None]:
+    """CPU affinity (`0-15,32-47`) and NUMA affinity: the first non-code past the GPU cells, and the next.
 
     Scanning (rather than counting columns) survives empty NIC cells, which shift the columns.
     """
     tail = tokens[1 + n_gpus:]
     while tail and MATRIX_CODES.match(tail[0]):
         tail = tail[1:]
-    if len(tail) >= 2 and tail[1].isdigit():
-        return int(tail[1])
-    return None
+    cpus = parse_cpu_list(tail[0]) if tail else ()
+    numa = int(tail[1]) if len(tail) >= 2 and tail[1].isdigit() else None
+    return cpus, numa
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """`0-15,32-47` (the kernel's cpulist format) as CPU ids; () for `N/A` or anything else."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return ()
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(cpus)
 
 
 def parse_topo_matrix(text: str, p2p_text: str | None = None, source: str = "nvidia-smi") -> NodeTopology:
@@ -98,7 +110,8 @@ def parse_topo_matrix(text: str, p2p_text: str | None = None, source: str = "nvi
         if len(cells) < n:
             raise TopoParseError(f"row {tokens[0]} has {len(cells)} cells, expected at least {n}")
         links.append(tuple(_link(cells[c]) for c in cols))
-        gpus.append(GpuInfo(index=r, numa_node=_numa(tokens, n)))
+        cpus, numa = _affinity(tokens, n)
+        gpus.append(GpuInfo(index=r, numa_node=numa, cpu_affinity=cpus))
     peer = parse_p2p_matrix(p2p_text) if p2p_text else tuple(
         tuple(None for _ in range(n)) for _ in range(n))
     if len(peer) != n:
@@ -139,18 +152,50 @@ def parse_p2p_matrix(text: str) -> tuple[tuple[bool | None, ...], ...]:
     return tuple(out)
 
 
-def run_nvidia_smi(timeout_s: float = 20.0) -> tuple[str, str | None] | None:
-    """The live `topo -m` and `topo -p2p r` text, or None when nvidia-smi is missing or fails."""
+def with_gpu_query(node: NodeTopology, text: str) -> NodeTopology:
+    """Add what `nvidia-smi --query-gpu=GPU_QUERY --format=csv,noheader,nounits` says (UUID, PCI bus id, name,
+    memory, compute capability: what maps the job's CUDA devices onto the matrix) to the matrix's GPUs."""
+    gpus = list(node.gpus)
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) < 5 or not cells[0].isdigit() or int(cells[0]) >= len(gpus):
+            continue
+        i = int(cells[0])
+        cc = tuple(int(x) for x in cells[5].split(".")) if len(cells) > 5 and re.fullmatch(r"\d+\.\d+", cells[5]) \
+            else gpus[i].compute_capability
+        gpus[i] = replace(gpus[i], uuid=cells[1], pci_bus_id=normalise_bus_id(cells[2]), name=cells[3],
+                          memory_mib=int(cells[4]) if cells[4].isdigit() else 0, compute_capability=cc)
+    return replace(node, gpus=tuple(gpus))
+
+
+def normalise_bus_id(text: str) -> str:
+    """`00000000:07:00.0` (NVML, nvidia-smi) and `0000:07:00.0` (sysfs) name the same device."""
+    parts = text.strip().lower().split(":")
+    if len(parts) == 3 and all(parts):
+        return f"{int(parts[0], 16):04x}:{parts[1]}:{parts[2]}"
+    return ":".join(parts)
+
+
+GPU_QUERY = "index,uuid,pci.bus_id,name,memory.total,compute_cap"
+
+
+def _smi(exe: str, args: list[str], timeout_s: float) -> str | None:
+    try:
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout_s, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_nvidia_smi(timeout_s: float = 20.0) -> tuple[str, str | None, str | None] | None:
+    """The live `topo -m`, `topo -p2p r` and per-GPU query text, or None when nvidia-smi is missing or fails."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
-    try:
-        topo = subprocess.run([exe, "topo", "-m"], capture_output=True, text=True, timeout=timeout_s, check=True)
-    except (OSError, subprocess.SubprocessError):
+    topo = _smi(exe, ["topo", "-m"], timeout_s)
+    if topo is None:
         return None
-    try:
-        p2p = subprocess.run([exe, "topo", "-p2p", "r"], capture_output=True, text=True, timeout=timeout_s,
-                             check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        p2p = None  # older drivers have no -p2p
-    return topo.stdout, p2p
+    p2p = _smi(exe, ["topo", "-p2p", "r"], timeout_s)  # older drivers have no -p2p
+    fmt = "--format=csv,noheader,nounits"
+    query = _smi(exe, [f"--query-gpu={GPU_QUERY}", fmt], timeout_s) or \
+        _smi(exe, [f"--query-gpu={GPU_QUERY.removesuffix(',compute_cap')}", fmt], timeout_s)  # drivers < 510
+    return topo, p2p, query
