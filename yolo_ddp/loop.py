@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.optimizer import _get_scalar_dtype  # the dtype torch's own optimizers give `step`
 
 from yolo_ddp import dist
 from yolo_ddp.config import TrainConfig
@@ -87,9 +88,27 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     decides from the constructor whether the step skips infs itself; a mismatch would apply fp16 inf steps.
     """
     kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
-        group.update(kernel)
+    # Load under this run's flags: torch places each `step` by them (on the parameter's device when fused).
+    groups = [{**saved, **kernel} for saved, kernel in zip(state["param_groups"], kernels, strict=True)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+    place_step_state(optimizer)
+
+
+def place_step_state(optimizer: torch.optim.Optimizer) -> None:
+    """Put each parameter's `step` where this run's kernel reads it, as torch's `_init_group` creates it.
+
+    torch's `load_state_dict` moves `step` to the parameter's device for a fused group but leaves it where the
+    checkpoint had it otherwise; a non-fused kernel handed a GPU `step` reads it back with one `.item()` per
+    parameter per step. (Loaded by the checkpoint's own flags, a fused run's `step` would stay on the CPU and
+    the fused kernel fail on a device mismatch; `load_optimizer_state` avoids that.)
+    """
+    for group in optimizer.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        dtype = _get_scalar_dtype(is_fused=group.get("fused"))
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=dtype)
 
 
 @dataclass(frozen=True)
