@@ -73,6 +73,29 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+# Extra time NCCL's own timeout gets over dist.timeout_s. The ranks wait for each other each step on a host-side
+# gloo group (`host_group`) whose timeout is dist.timeout_s, so a stalled rank raises there, in Python, and is
+# named (yolo_ddp/heartbeat.py). NCCL's watchdog, whose timeout kills the process without a Python exception
+# (TORCH_NCCL_ASYNC_ERROR_HANDLING, 1 under the elastic agent; left as is), stays the backstop for a hang
+# inside an NCCL collective.
+NCCL_GRACE_S = 60.0
+
+
+def group_timeout(backend: str, timeout_s: float) -> datetime.timedelta:
+    """The job group's timeout: dist.timeout_s, plus NCCL_GRACE_S under NCCL so the host-side check fires first."""
+    return datetime.timedelta(seconds=timeout_s + (NCCL_GRACE_S if backend == "nccl" else 0.0))
+
+
+def host_group(timeout_s: float) -> Any:
+    """A group for small flags that never waits for a GPU stream: the job's own group under gloo, beside NCCL a
+    gloo group with dist.timeout_s (`new_group` without `timeout=` would wait 30 minutes). None without a group."""
+    if not is_dist():
+        return None
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
 def init_process_group(timeout_s: float, backend: str = "auto") -> torch.device:
     """Join the job's process group (when launched by an elastic agent) and bind this rank's device.
 
@@ -83,7 +106,7 @@ def init_process_group(timeout_s: float, backend: str = "auto") -> torch.device:
     if under_elastic_agent() and not is_dist():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs: dict[str, Any] = {"timeout": datetime.timedelta(seconds=timeout_s)}
+        kwargs: dict[str, Any] = {"timeout": group_timeout(backend, timeout_s)}
         if backend == "nccl":
             kwargs["device_id"] = device  # eager NCCL init: a bad GPU fails here, not in the first all-reduce
         dist.init_process_group(backend=backend, **kwargs)
@@ -95,9 +118,9 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
+def barrier(group: Any = None) -> None:
     if is_dist():
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 @contextmanager

@@ -1,8 +1,8 @@
 """Stopping cleanly and losing little: signal handling, mid-epoch checkpoints, hang reports.
 
-- SIGTERM / SIGINT (Ctrl-C, a scheduler's preemption) only set a flag. After the current optimizer step the
-  ranks agree on it over the host-side gloo group, rank 0 writes `last.pt`, and every rank exits with
-  128 + the signal number; `train.resume=true` continues from that step.
+- SIGTERM / SIGINT (Ctrl-C, a scheduler's preemption) only set a flag. The ranks agree on it in the optimizer
+  step's one host-side check (with the OOM flag, yolo_ddp/memory/oom.py); after that step rank 0 writes
+  `last.pt`, and every rank exits with 128 + the signal number; `train.resume=true` continues from that step.
 - `train.save_every_steps` writes `last.pt` every N optimizer steps inside an epoch, after a barrier proves
   every rank finished that step, so a crash loses at most N steps and never leaves a checkpoint claiming
   work some rank had not done.
@@ -57,13 +57,13 @@ def after_step_hook(stop: StopSignal, guard: OOMGuard, heartbeat: Heartbeat, sav
     """What every rank runs after each optimizer step; True ends the epoch (and the run) early."""
 
     def after_step(state: TrainState) -> bool:
-        heartbeat.beat(state.step)
-        stopping = guard.agreed(stop.event.is_set())  # one rank's signal stops all of them at the same step
+        heartbeat.beat(state.step)  # a store write, no collective
+        stopping = guard.stopping  # agreed at this step's host check (OOMGuard), the same on every rank
         # The epoch loop checkpoints epoch ends itself.
         end_of_epoch = schedule.first_step(schedule.epoch_of(state.step)) == state.step
         periodic = save_every_steps > 0 and state.step % save_every_steps == 0 and not end_of_epoch
         if stopping or periodic:
-            dist.barrier()  # every rank finished this step before rank 0 records it as done
+            dist.barrier(guard.group)  # every rank finished this step before rank 0 records it; host-side
             if dist.get_rank() == 0:
                 save()
         return stopping

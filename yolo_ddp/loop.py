@@ -3,7 +3,8 @@
 Loss semantics follow Ultralytics: its criterion returns the loss times the local batch; DDP averages
 gradients over ranks, so multiplying by world size sums them. `LossNormaliser` (yolo_ddp/loss_norm.py) gives
 the step one normaliser, so the update equals one forward on all of the step's images, however they are split
-over ranks and micro-batches. Non-final micro-steps run under `no_sync()`: one all-reduce per optimizer step.
+over ranks and micro-batches. Non-final micro-steps run under `no_sync()`: one all-reduce per optimizer step, and one small host-side check
+(OOM and stop flags, yolo_ddp/memory/oom.py) before it.
 Which batches form a step, and each step's LR and momentum, come from `yolo_ddp.schedule` (Ultralytics' rules).
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.optimizer import _get_scalar_dtype  # the dtype torch's own optimizers give `step`
 
 from yolo_ddp import dist
 from yolo_ddp.config import TrainConfig
@@ -29,6 +31,7 @@ from yolo_ddp.memory.run import STRIDE
 from yolo_ddp.optim import set_step_momentum
 from yolo_ddp.plan import RunPlan
 from yolo_ddp.schedule import StepSchedule
+from yolo_ddp.sync.ddp import forward_alone, restart_step
 from yolo_ddp.sync_bn import has_collective_norm
 
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
@@ -87,9 +90,27 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     decides from the constructor whether the step skips infs itself; a mismatch would apply fp16 inf steps.
     """
     kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
-        group.update(kernel)
+    # Load under this run's flags: torch places each `step` by them (on the parameter's device when fused).
+    groups = [{**saved, **kernel} for saved, kernel in zip(state["param_groups"], kernels, strict=True)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+    place_step_state(optimizer)
+
+
+def place_step_state(optimizer: torch.optim.Optimizer) -> None:
+    """Put each parameter's `step` where this run's kernel reads it, as torch's `_init_group` creates it.
+
+    torch's `load_state_dict` moves `step` to the parameter's device for a fused group but leaves it where the
+    checkpoint had it otherwise; a non-fused kernel handed a GPU `step` reads it back with one `.item()` per
+    parameter per step. (Loaded by the checkpoint's own flags, a fused run's `step` would stay on the CPU and
+    the fused kernel fail on a device mismatch; `load_optimizer_state` avoids that.)
+    """
+    for group in optimizer.param_groups:
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        dtype = _get_scalar_dtype(is_fused=group.get("fused"))
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -127,37 +148,47 @@ def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext,
     ran out of memory (every rank returns None then; see yolo_ddp/memory/oom.py for where the ranks agree and why).
     """
     device, world, ddp = ctx.device, ctx.plan.world_size, isinstance(s.model, DDP)
+    collective_norm = ddp and has_collective_norm(s.raw)  # SyncBatchNorm: forward and backward all-reduce
     autocast = torch.autocast(device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else nullcontext()
     micro = [m for b in batches for m in split_batch(b, guard.splits)]
     step_images = sum(len(b["img"]) for b in batches) * world  # every rank's step holds as many (padded shards)
     if s.norm is not None:
         s.norm.begin_step()
     loss_sum = torch.zeros(len(LOSS_NAMES), device=device)
+    oom = False  # this rank ran out of memory earlier in the step; the ranks learn it at the step's one check
     for i, mb in enumerate(micro):
         final = i == len(micro) - 1  # only the last micro-step all-reduces gradients
+        if oom and not final:
+            continue  # the step is redone anyway, and non-final micro-steps issue no collective
         img = resize_for_step(mb["img"].to(device, non_blocking=True).float() / 255, ctx, s)
         targets = {k: mb[k].to(device, non_blocking=True) for k in ("batch_idx", "cls", "bboxes")}
         with nullcontext() if final or not ddp else s.model.no_sync():
             loss = items = None
-            try:
-                with autocast:
-                    loss, items = s.criterion(s.forward(img), targets)
-                if s.norm is not None:
-                    loss = s.norm.micro_loss(loss, len(img), step_images)
-            except torch.OutOfMemoryError:
-                guard.refuse_if_collective_forward(ddp and has_collective_norm(s.raw), s.step, ctx.plan.batch_per_rank)
-            if guard.agreed(loss is None):  # no gradient all-reduce is in flight yet
-                if final and ddp:  # this forward armed DDP's reducer: every rank must finish one backward
+            if not oom:
+                try:
+                    with autocast:
+                        loss, items = s.criterion(s.forward(img), targets)
+                    if s.norm is not None:
+                        loss = s.norm.micro_loss(loss, len(img), step_images)
+                except torch.OutOfMemoryError:
+                    guard.refuse_if_collective_forward(collective_norm, s.step, ctx.plan.batch_per_rank)
+            if final and guard.agreed(loss is None):  # the step's one host check; no gradient all-reduce yet
+                if ddp:  # this forward armed DDP's reducer: every rank must finish one backward
                     drain_reducer(s.model, loss, img)
+                    restart_step(s.model)
                 return None
+            if loss is None:
+                oom = True
+                continue
             try:
                 s.scaler.scale(loss.sum() * world).backward()
             except torch.OutOfMemoryError:
-                if final and ddp:
+                if (final and ddp) or collective_norm:  # peers wait inside an all-reduce this rank left
                     guard.fail_in_sync(s.step, ctx.plan.batch_per_rank)
-                loss = None
-            if (not final or not ddp) and guard.agreed(loss is None):
-                return None
+                if final:  # one process: nothing in flight, redo the step
+                    return None
+                oom = True
+                continue
         loss_sum += torch.stack([items[k] for k in items])[: len(LOSS_NAMES)].detach()
     factor = s.norm.finish_step() if s.norm is not None else None
     return loss_sum / len(micro) * len(batches), factor  # items: mean per loader batch, whatever the split
@@ -167,10 +198,12 @@ def drain_reducer(model: DDP, loss: torch.Tensor | None, img: torch.Tensor) -> N
     """Complete the armed synchronising backward with zero gradients, so DDP's reducer is idle again.
 
     A rank whose forward succeeded back-propagates its loss times zero; a rank that ran out of memory joins
-    with a one-image 64 px forward. Both all-reduce the same buckets; the step's gradients are dropped after.
+    with a one-image 64 px forward, which broadcasts no buffers (its peers run no forward). All ranks all-reduce
+    the same buckets; the step's gradients are dropped after.
     """
     if loss is None:
-        out = model(torch.zeros(1, *img.shape[1:2], 64, 64, device=img.device))  # 64: BN needs >1 value at P5
+        with forward_alone(model):
+            out = model(torch.zeros(1, *img.shape[1:2], 64, 64, device=img.device))  # 64: BN needs >1 value at P5
         loss = sum(t.float().sum() for t in _tensors(out))
     (loss.sum() * 0).backward()
 

@@ -53,7 +53,12 @@ def _swap_batchnorm(module: nn.Module, match: tuple[type, ...], new_type: type[n
     """Replace every `match` layer by a `new_type` layer with the same settings, weights and statistics."""
     out = module
     if isinstance(module, match):
-        out = new_type(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        # On the layer's own device and dtype: built on the CPU, it would leave a GPU model's BatchNorm behind.
+        like = next((t for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))
+                     if t.is_floating_point()), None)
+        where = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+        out = new_type(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                       **where)
         out.load_state_dict(module.state_dict())
         out.train(module.training)
     for name, child in module.named_children():

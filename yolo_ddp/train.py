@@ -54,7 +54,9 @@ def train(cfg: Config) -> dict[str, Any]:
             return _train(cfg, run_dir, device, node, stop, heartbeat)
     except Exception as e:
         if is_collective_timeout(e):  # name the rank that went quiet, not just "timed out"
-            raise CollectiveTimeout(explain_timeout(e, heartbeat, cfg.dist.timeout_s, str(run_dir))) from e
+            message = explain_timeout(e, heartbeat, cfg.dist.timeout_s, str(run_dir))
+            log.error(message)  # now: tearing down NCCL below may block until its watchdog ends the process
+            raise CollectiveTimeout(message) from e
         raise
     finally:
         dist.destroy_process_group()
@@ -143,7 +145,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
                   "epochs": cfg.train.epochs, "batch": cfg.train.batch, "nbs": cfg.train.nbs}
 
     # A restart after an OOM in the synchronising backward resumes with the micro-batch split it recorded.
-    guard = OOMGuard(run_dir, cfg.train.oom_retries, read_split_hint(run_dir) if state.step else 1)
+    guard = OOMGuard(run_dir, cfg.train.oom_retries, read_split_hint(run_dir) if state.step else 1, stop=stop.event,
+                     timeout_s=cfg.dist.timeout_s)
     result: EvalResult | None = None
     best: tuple[int, EvalResult | None] | None = None  # (epoch, its result on rank 0) of best.pt this session
     last_row: dict[str, Any] = {}

@@ -1,15 +1,16 @@
 """Surviving a CUDA out-of-memory error mid-run: every rank learns of it, and the step is redone smaller.
 
-The flag travels over a gloo group on the host (the job's own group on CPU, a separate one beside NCCL),
-so checking it never waits for the GPU: an OOM is
-raised on the host when the allocator fails, while the kernels before it may still be queued. Checks sit
-where no DDP collective is in flight: after every forward, and after backward on non-final micro-steps
-(those run under `no_sync()`). On recovery the current optimizer step is dropped and redone from its first
-loader batch with each batch cut into twice as many micro-batches, so the effective batch, the data and the
-step count stay the same.
+The flag travels over a gloo group on the host (the job's own group on CPU, a separate one beside NCCL with
+the job's `dist.timeout_s`), so checking it never waits for the GPU: an OOM is raised on the host when the
+allocator fails, while the kernels before it may still be queued. The ranks check once per optimizer step,
+after the final micro-step's forward, before its gradient all-reduce: non-final micro-steps (under
+`no_sync()`) issue no collective, so a rank that ran out of memory in one skips the rest of the step and
+reports at that check. The same check carries the stop request (yolo_ddp/faults.py). On recovery the current
+optimizer step is dropped and redone from its first loader batch with each batch cut into twice as many
+micro-batches, so the effective batch, the data and the step count stay the same.
 
 A final micro-step's forward arms DDP's reducer on the ranks where it succeeded; when a peer ran out of
-memory there, every rank completes one zero-loss backward (the failed rank with a one-image forward) so the
+memory, every rank completes one zero-loss backward (a failed rank with a one-image forward) so the
 reducer is idle before the retry. An OOM inside the final micro-step's backward leaves DDP's gradient
 all-reduce half-launched on that rank, and one inside a SyncBatchNorm forward leaves peers waiting in its
 all-reduce: no collective can be matched safely after either. That rank records the halved split in the run dir and fails;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,22 +57,19 @@ def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
 
 
 class OOMGuard:
-    def __init__(self, run_dir: Path | None, retries: int, splits: int = 1) -> None:
+    def __init__(self, run_dir: Path | None, retries: int, splits: int = 1, stop: threading.Event | None = None,
+                 timeout_s: float = 600.0) -> None:
         self.run_dir, self.retries, self.splits, self.used = run_dir, retries, splits, 0
-        self.group = None
-        if dist.is_dist():
-            # A gloo job's own group already runs on the host; an NCCL job gets a host-side gloo group so the
-            # flag never waits for the GPU stream.
-            gloo = tdist.get_backend() == "gloo"
-            self.group = tdist.group.WORLD if gloo else tdist.new_group(backend="gloo")
+        self.stop, self.stopping = stop, False  # `stopping`: some rank's stop request, agreed on every rank
+        self.group = dist.host_group(timeout_s)
 
     def agreed(self, oom: bool) -> bool:
-        """True on every rank when any rank hit an OOM since the last check."""
-        if self.group is None:
-            return oom
-        flag = torch.tensor([int(oom)], dtype=torch.int32)
-        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=self.group)
-        return bool(flag.item())
+        """True on every rank when any rank hit an OOM since the last check; also updates `stopping`."""
+        flags = torch.tensor([int(oom), int(self.stop is not None and self.stop.is_set())], dtype=torch.int32)
+        if self.group is not None:
+            tdist.all_reduce(flags, op=tdist.ReduceOp.MAX, group=self.group)
+        self.stopping = self.stopping or bool(flags[1])
+        return bool(flags[0])
 
     def recover(self, step: int, batch_per_rank: int, where: str) -> None:
         """Free what the failed micro-step held and split batches twice as finely; identical on every rank."""

@@ -1,8 +1,11 @@
-"""The three calls `train.py` makes: probe + NCCL env before init, plan after the model exists, DDP wrap."""
+"""The three calls `train.py` makes: probe + NCCL env before init, plan after the model exists, DDP wrap;
+and the two DDP states the OOM recovery (yolo_ddp/loop.py) has to keep equal on every rank."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 
 import torch
@@ -55,6 +58,38 @@ def plan_sync(cfg: SyncConfig, node: NodeTopology, model: torch.nn.Module, imgsz
 
 
 def wrap_ddp(model: torch.nn.Module, device: torch.device, plan: SyncPlan, cfg: SyncConfig) -> DDP:
-    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=plan.bucket_cap_mb)
+    """DDP as Ultralytics configures it, plus gradients that are views into the all-reduce buckets.
+
+    - `forward_sync_buffers=False` (Ultralytics' `broadcast_buffers=False`): no buffer broadcast before every
+      forward. Rank 0's BatchNorm statistics still reach every rank at construction, SyncBatchNorm keeps them
+      equal from global statistics, and otherwise what reads them on every rank (distributed validation) gets
+      rank 0's first (`train.weights_to_validate`); checkpoints are rank 0's.
+    - `gradient_as_bucket_view=True`: no copy between `.grad` and the buckets, one gradient-sized buffer less.
+      Everything that touches gradients here works in place (loss-normaliser `_foreach_mul_`, clipping,
+      GradScaler's unscale, comm hooks) or drops them with `zero_grad(set_to_none=True)`, which DDP supports.
+    """
+    ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=plan.bucket_cap_mb,
+              forward_sync_buffers=False, gradient_as_bucket_view=True)
     register_comm_hook(ddp, plan.strategy, cfg)
     return ddp
+
+
+@contextmanager
+def forward_alone(model: DDP) -> Iterator[None]:
+    """A forward only this rank runs (joining an armed reducer after an OOM) must not broadcast buffers: its
+    peers run no forward to match the broadcast, so NCCL would hang and gloo fail."""
+    saved, model.forward_sync_buffers = model.forward_sync_buffers, False
+    try:
+        yield
+    finally:
+        model.forward_sync_buffers = saved
+
+
+def restart_step(model: DDP) -> None:
+    """Put DDP's per-forward buffer-sync decision back to where every optimizer step starts, on every rank.
+
+    DDP broadcasts buffers before a forward when the previous forward synchronised gradients; it records that
+    in `require_forward_param_sync` at the end of a forward (`_post_forward`), which a forward that raised OOM
+    never reaches. Without this the rank that failed would decide differently from its peers on the redo.
+    """
+    model.require_forward_param_sync = True  # the previous step's last forward synchronised
