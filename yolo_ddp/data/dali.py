@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ from yolo_ddp.data.dali_source import (
 )
 from yolo_ddp.data.dataset import DatasetIndex
 from yolo_ddp.data.torch_loader import check_batches_per_epoch
+from yolo_ddp.memory.dali_buffers import is_dali_out_of_memory
+from yolo_ddp.memory.oom import OOMUnrecoverable
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,30 @@ def to_batch(out: dict[str, torch.Tensor], index: DatasetIndex, meta: Meta) -> d
     }
 
 
+class DaliOutOfMemory(OOMUnrecoverable):
+    """DALI's allocator failed on the GPU: splitting the step cannot help, as the pipeline's batch is fixed."""
+
+
+@contextmanager
+def oom_advice(settings: DaliSettings, batch: int, what: str) -> Iterator[None]:
+    """Turn a DALI allocation failure into the one-paragraph advice a torch OOM gets."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, OOMUnrecoverable) or not is_dali_out_of_memory(e):
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        cause = next((line for line in lines if is_dali_out_of_memory(RuntimeError(line))), type(e).__name__)
+        where = f"cuda:{settings.device_id}" if settings.gpu else "the host"
+        raise DaliOutOfMemory(
+            f"Out of memory in DALI on {where} while {what} ({cause}). DALI's buffers live outside torch's "
+            f"allocator; the memory plan budgets them (the 'DALI buffers' lines of memory_plan.json) for "
+            f"data.dali.prefetch={settings.prefetch} batches in flight of {batch} sample(s). Fix: lower "
+            f"data.dali.prefetch (1 is the least), train.batch or train.memory_fraction (which leaves DALI more of "
+            f"the device), data.imgsz, or use data.backend=torch."
+        ) from e
+
+
 class DaliTrainStream:
     """Endless training batches: every image every epoch, `batches_per_epoch` per epoch on every rank (checked
     against `loader_batches_per_epoch`; None: that number), the last one holding the shard's remainder.
@@ -140,7 +167,9 @@ class DaliTrainStream:
     def _open(self, tiles: int, epoch: int, skip_batches: int) -> DALIGenericIterator:
         source = TrainSource(self.index, self.imgsz, self.batch, self.rank, self.world, self.seed, self.augment,
                              tiles, start_epoch=epoch, skip=skip_batches * self.batch)
-        return _iterator(_pipeline(source, tiles, self.batch, self.settings, self.augment, train=True), train=True)
+        with oom_advice(self.settings, self.batch, "building the training pipeline"):
+            return _iterator(_pipeline(source, tiles, self.batch, self.settings, self.augment, train=True),
+                             train=True)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, tiles, it, skip = self.start_epoch, 0, None, self.start_batch
@@ -152,7 +181,9 @@ class DaliTrainStream:
                 tiles, it = want, None  # drop the old pipeline (and its prefetched batches) first
                 it = self._open(tiles, epoch, skip)
             for _ in range(self.batches_per_epoch - skip):
-                yield to_batch(next(it)[0], self.index, self._meta)
+                with oom_advice(self.settings, self.batch, "preparing a training batch"):
+                    out = next(it)[0]
+                yield to_batch(out, self.index, self._meta)
             epoch, skip = epoch + 1, 0
 
 
@@ -162,12 +193,12 @@ class DaliValLoader:
 
     def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int,
                  settings: DaliSettings, rect: bool = False) -> None:
-        self.index, self.imgsz = index, imgsz
+        self.index, self.imgsz, self.batch, self.settings = index, imgsz, batch, settings
         self.source = ValSource(index, imgsz, batch, rank, world, rect)
         self._it: DALIGenericIterator | None = None
         if self.source.n_valid:
-            pipe = _pipeline(self.source, 1, batch, settings, Augment(), train=False)
-            self._it = _iterator(pipe, train=False)
+            with oom_advice(settings, batch, "building the validation pipeline"):
+                self._it = _iterator(_pipeline(self.source, 1, batch, settings, Augment(), train=False), train=False)
 
     def __len__(self) -> int:
         return self.source.n_batches
@@ -175,5 +206,11 @@ class DaliValLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._it is None:
             return
-        for out in self._it:
-            yield to_batch(out[0], self.index, self.source.meta)
+        batches = iter(self._it)
+        while True:
+            try:
+                with oom_advice(self.settings, self.batch, "preparing a validation batch"):
+                    out = next(batches)[0]
+            except StopIteration:  # the epoch's end (the iterator resets itself for the next evaluation)
+                return
+            yield to_batch(out, self.index, self.source.meta)
