@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from yolo_ddp import dist
 from yolo_ddp.config import TrainConfig
+from yolo_ddp.data.model_input import to_model_input
 from yolo_ddp.logging import NullWriter, StepWindow, peak_memory_gib
 from yolo_ddp.loss_norm import LossNormaliser
 from yolo_ddp.memory.oom import OOMGuard, split_batch
@@ -135,7 +136,7 @@ def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext,
     loss_sum = torch.zeros(len(LOSS_NAMES), device=device)
     for i, mb in enumerate(micro):
         final = i == len(micro) - 1  # only the last micro-step all-reduces gradients
-        img = resize_for_step(mb["img"].to(device, non_blocking=True).float() / 255, ctx, s)
+        img = resize_for_step(to_model_input(mb["img"], device, ctx.amp_dtype), ctx, s)
         targets = {k: mb[k].to(device, non_blocking=True) for k in ("batch_idx", "cls", "bboxes")}
         with nullcontext() if final or not ddp else s.model.no_sync():
             loss = items = None

@@ -2,11 +2,13 @@
 
 The graph is fed by `dali_source` (bytes, augmentation parameters and exact boxes per sample) and yields the
 batch dict of the torch backend (`img` uint8 NCHW RGB on the pipeline's device, `batch_idx`, `cls`, normalized
-xywh `bboxes`, per-image metadata), so the trainer does not know which backend runs.
+xywh `bboxes`, per-image metadata), so the trainer does not know which backend runs. `img` is DALI's HWC output
+permuted to NCHW, a channels_last view: no transpose kernel in the graph, and the channels_last model takes it
+as it is.
 
 Per sample: decode → resize (bilinear, no antialias, as cv2.INTER_LINEAR) → slice with grey padding (a plain
 training sample scaled and shifted as Ultralytics' RandomPerspective, a letterbox for validation; or four tiles
-concatenated around a centre, the mosaic) → horizontal flip → HSV → CHW. Pipelines have a fixed batch size, so
+concatenated around a centre, the mosaic) → horizontal flip → HSV. Pipelines have a fixed batch size, so
 short batches (an epoch's last training batch, the last validation batch) are filled with samples flagged
 `valid=0`, which `to_batch` drops.
 """
@@ -89,7 +91,7 @@ def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: A
                 img = fn.hsv(img, hue=hue, saturation=sat, value=val)
         else:
             extra = list(rest[1:])  # index, valid
-        pipe.set_outputs(fn.transpose(img, perm=[2, 0, 1]), labels, *extra)
+        pipe.set_outputs(img, labels, *extra)  # HWC: to_batch permutes it into a channels_last NCHW view
     return pipe
 
 
@@ -105,7 +107,7 @@ Meta = Callable[[int], tuple[tuple, tuple[int, int]]]  # image index → (ratio_
 def to_batch(out: dict[str, torch.Tensor], index: DatasetIndex, meta: Meta) -> dict[str, Any]:
     """DALI outputs → the torch backend's batch dict; drops padded label rows and filler samples."""
     n = int(out["valid"].sum())  # fillers sit at the end of a batch
-    img, labels, ids = out["img"][:n], out["labels"][:n], out["index"][:n].view(-1).tolist()
+    img, labels, ids = out["img"][:n].permute(0, 3, 1, 2), out["labels"][:n], out["index"][:n].view(-1).tolist()
     mask = labels[..., 0] >= 0
     rows = labels[mask]
     metas = [meta(i) for i in ids]
