@@ -47,11 +47,22 @@ class DaliSettings:
     device_id: int | None  # None: CPU-only pipeline (no CUDA needed)
     threads: int = 0  # DALI worker threads per pipeline; 0 = auto per device
     prefetch: int = 2  # batches prepared ahead
-    py_workers: int = 0  # processes reading files for the external source; 0 = in the pipeline's thread
+    py_workers: int = -1  # processes running the external source; 0 = the pipeline's thread; -1 = auto
 
     @property
     def gpu(self) -> bool:
         return self.device_id is not None
+
+    def source_workers(self) -> int:
+        """Auto: on a GPU the per-sample source (file reads, augmentation parameters, box arithmetic) in the
+        training thread would hold the GPU back, so up to 4 processes per rank (half the rank's cores) run it;
+        on CPU, 0: DALI's CPU threads already take every core and a worker would only compete with them."""
+        if self.py_workers >= 0:
+            return self.py_workers
+        if not self.gpu:
+            return 0
+        cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        return min(4, max(1, cores // 2))
 
     def num_threads(self) -> int:
         if self.threads:
@@ -71,11 +82,14 @@ def _image(encoded, size, start, shape, interp, gpu: bool):
 def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: Augment, train: bool) -> Pipeline:
     k = TILE_OUTPUTS
     n_out = k * tiles + (7 if train else 3)
+    workers = settings.source_workers()
+    # Parallel sources run in spawned processes (no fork beside a CUDA context); the sources are picklable.
     pipe = Pipeline(batch_size=batch, num_threads=settings.num_threads(), device_id=settings.device_id,
-                    prefetch_queue_depth=settings.prefetch, py_num_workers=max(1, settings.py_workers),
+                    prefetch_queue_depth=settings.prefetch, py_num_workers=max(1, workers),
                     py_start_method="spawn", seed=0)
     with pipe:
-        outs = fn.external_source(source=source, num_outputs=n_out, batch=False, parallel=settings.py_workers > 0)
+        outs = fn.external_source(source=source, num_outputs=n_out, batch=False, parallel=workers > 0,
+                                  **({"prefetch_queue_depth": settings.prefetch} if workers else {}))
         parts = [_image(*outs[k * t : k * t + k], settings.gpu) for t in range(tiles)]
         if tiles == 4:
             img = fn.cat(fn.cat(parts[0], parts[1], axis=1), fn.cat(parts[2], parts[3], axis=1), axis=0)
