@@ -24,3 +24,9 @@ def test_without_amp_the_input_is_fp32_as_before() -> None:
     out = to_model_input(img, CPU, None)
     assert out.dtype == torch.float32 and torch.equal(out, img.float() / 255)
     assert img.dtype == torch.uint8  # the loader's batch is untouched (split micro-batches reuse it)
+
+
+def test_a_float_batch_on_the_device_is_not_divided_in_place() -> None:
+    img = torch.full((1, 3, 4, 4), 255.0)
+    out = to_model_input(img, CPU, None)
+    assert torch.equal(out, torch.ones_like(img)) and torch.equal(img, torch.full_like(img, 255.0))

@@ -10,4 +10,5 @@ def to_model_input(img: torch.Tensor, device: torch.device, amp_dtype: torch.dty
     AMP): autocast would cast an fp32 batch to that dtype at the first convolution anyway, so the full-size
     fp32 copy is skipped, with the same values (the division runs in fp32 and rounds once). Strides are kept:
     DALI's channels_last view stays channels_last."""
-    return img.to(device, non_blocking=True).to(amp_dtype or torch.float32).div_(255)
+    # copy=True: the in-place division must never reach the loader's own tensor (a float batch already there).
+    return img.to(device, non_blocking=True).to(amp_dtype or torch.float32, copy=True).div_(255)
