@@ -7,9 +7,10 @@
 #   there, 01..NN:   run(carry=[".dali_parts/part_NN"], command="bash bench/dali_wheel.sh stash")
 #   there, last:     bash bench/dali_wheel.sh install && bash bench/gpu_session.sh data
 set -euo pipefail
-# nvidia-dali-cuda120 and what it needs that the device image lacks (versions as `make install` resolves them).
-WHEELS="nvidia-dali-cuda120==2.4.0 nvidia-nvimgcodec-cu12==0.9.0.20 nvidia-nvjpeg-cu12==12.4.0.76
-  nvidia-nvjpeg2k-cu12==0.11.0.51 nvidia-nvtiff-cu12==0.8.0.82 nvidia-libnvcomp-cu12==5.3.0.16 astunparse==1.6.3
+# nvidia-dali-cuda130 (the device image's torch is a CUDA 13 build, as the pinned one) and what it needs that the
+# image lacks (versions as `make install` resolves them: pip install --dry-run --report).
+WHEELS="nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43
+  nvidia-nvjpeg2k-cu13==0.11.0.51 nvidia-nvtiff-cu13==0.8.0.82 nvidia-libnvcomp-cu13==5.3.0.16 astunparse==1.6.3
   gast==0.7.0 libcst==1.9.0 makefun==1.16.0 optree==0.20.0 nvtx==0.2.17"
 case "${1:-}" in
   split)

@@ -35,10 +35,19 @@ def rendezvous_id(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
 
 
+def default_omp_threads(nproc: int) -> None:
+    """What torchrun does (torch/distributed/run.py): with several workers on the node and no OMP_NUM_THREADS set,
+    each worker gets 1, so N ranks' OpenMP pools do not oversubscribe the cores. CPU ranks still size their own
+    intra-op pool (torch.set_num_threads in yolo_ddp/train.py); a value the user set is left alone."""
+    if "OMP_NUM_THREADS" not in os.environ and nproc > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def launch_workers(config_file: Path, nproc: int, launcher: LauncherConfig, run_id: str) -> None:
     """Run the job to completion; raises `ChildFailedError` naming the failed ranks if it fails."""
     # Restarted gloo groups fail to reconnect to a TCP store shared with the rendezvous in most tries.
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    default_omp_threads(nproc)  # workers inherit this process's environment
     endpoint = launcher.rdzv_endpoint or f"127.0.0.1:{free_port()}"
     config = LaunchConfig(
         min_nodes=launcher.nnodes,

@@ -139,3 +139,45 @@ def test_mixed_decode_matches_cpu_pipeline(tmp_path: Path, mosaic: float) -> Non
         out[name] = next(iter(stream))
     assert out["gpu"]["img"].is_cuda and torch.equal(out["gpu"]["bboxes"], out["cpu"]["bboxes"])
     assert (out["gpu"]["img"].cpu().float() - out["cpu"]["img"].float()).abs().mean() < 2.0
+
+
+def test_batches_come_as_a_channels_last_view_of_dalis_hwc_output(tmp_path: Path) -> None:
+    """No CHW transpose in the graph: the NCHW batch is a permuted view, laid out as a channels_last model wants."""
+    idx = make_index(tmp_path, 4)
+    batch = next(iter(DaliValLoader(idx, 64, 4, 0, 1, CPU)))
+    img = batch["img"]
+    assert img.shape == (4, 3, 64, 64) and img.is_contiguous(memory_format=torch.channels_last)
+    train = next(iter(DaliTrainStream(idx, 64, 2, 2, 0, 1, seed=0, augment=NO_AUGMENT, settings=CPU,
+                                      mosaic_until=0)))
+    assert train["img"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_source_workers_auto_is_parallel_on_a_gpu_and_inline_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert DaliSettings(device_id=0).source_workers() == 4  # the default (-1) on a 16-core GPU node
+    assert DaliSettings(device_id=None).source_workers() == 0  # DALI's CPU threads have the cores already
+    assert DaliSettings(device_id=0, py_workers=0).source_workers() == 0  # an explicit choice stands
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert DaliSettings(device_id=0).source_workers() == 1  # 2 cores per rank
+    from yolo_ddp.config import DaliConfig
+
+    assert DaliConfig().py_workers == -1
+    with pytest.raises(ValueError, match="data.dali.py_workers"):
+        DaliConfig(py_workers=-2)
+
+
+@pytest.mark.slow
+def test_parallel_source_workers_give_the_inline_sources_batches(tmp_path: Path) -> None:
+    """The sources pickle into DALI's spawned workers and produce the same samples there (what a GPU runs)."""
+    idx = make_index(tmp_path, 6)
+    aug = Augment(mosaic=1.0)
+
+    def first_two(workers: int) -> list[dict]:
+        settings = DaliSettings(device_id=None, threads=1, py_workers=workers)
+        stream = DaliTrainStream(idx, 64, 2, 3, 0, 1, seed=3, augment=aug, settings=settings, mosaic_until=9)
+        return list(itertools.islice(iter(stream), 2))
+
+    for inline, parallel in zip(first_two(0), first_two(1), strict=True):
+        assert inline["im_file"] == parallel["im_file"] and torch.equal(inline["img"], parallel["img"])
+        assert torch.equal(inline["bboxes"], parallel["bboxes"]) and torch.equal(inline["cls"], parallel["cls"])

@@ -42,12 +42,14 @@ class DaliConfig:
 
     threads: int = 0  # DALI CPU threads per rank; 0 = auto (4 on a GPU, cores / local ranks on CPU)
     prefetch: int = 2  # batches prepared ahead of the training step
-    py_workers: int = 0  # processes reading image files; 0 = inside the pipeline (enough for local disks)
+    # processes running the per-sample source (file reads, augmentation parameters, boxes); 0 = in the training
+    # thread; -1 = auto: up to 4 per rank on a GPU, 0 on CPU (yolo_ddp/data/dali.py DaliSettings.source_workers)
+    py_workers: int = -1
 
     def __post_init__(self) -> None:
         _check(self.threads >= 0, "data.dali.threads", "must be >= 0 (0 = auto).")
         _check(self.prefetch >= 1, "data.dali.prefetch", "must be >= 1.")
-        _check(self.py_workers >= 0, "data.dali.py_workers", "must be >= 0.")
+        _check(self.py_workers >= -1, "data.dali.py_workers", "must be >= 0, or -1 for auto.")
 
 
 @dataclass

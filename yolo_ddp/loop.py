@@ -24,6 +24,7 @@ from torch.optim.optimizer import _get_scalar_dtype  # the dtype torch's own opt
 
 from yolo_ddp import dist
 from yolo_ddp.config import TrainConfig
+from yolo_ddp.data.model_input import to_model_input
 from yolo_ddp.logging import NullWriter, StepWindow, peak_memory_gib
 from yolo_ddp.loss_norm import LossNormaliser
 from yolo_ddp.memory.oom import OOMGuard, split_batch
@@ -160,7 +161,7 @@ def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext,
         final = i == len(micro) - 1  # only the last micro-step all-reduces gradients
         if oom and not final:
             continue  # the step is redone anyway, and non-final micro-steps issue no collective
-        img = resize_for_step(mb["img"].to(device, non_blocking=True).float() / 255, ctx, s)
+        img = resize_for_step(to_model_input(mb["img"], device, ctx.amp_dtype), ctx, s)
         targets = {k: mb[k].to(device, non_blocking=True) for k in ("batch_idx", "cls", "bboxes")}
         with nullcontext() if final or not ddp else s.model.no_sync():
             loss = items = None

@@ -31,6 +31,7 @@ from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_ra
 from yolo_ddp.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
 from yolo_ddp.loss_norm import LossNormaliser
 from yolo_ddp.memory import run as memory
+from yolo_ddp.memory.dali_buffers import typical_source_pixels
 from yolo_ddp.memory.oom import OOMGuard, read_split_hint
 from yolo_ddp.model import build_model, loss_criterion
 from yolo_ddp.optim import auto_iterations, build_optimizer, build_scheduler, choose_optimizer
@@ -89,7 +90,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
 
     amp = agree_amp_mode(cfg.train.amp, device)
     cfg = _resumed_batch(cfg, saved)
-    memory_plan = memory.plan_for_run(cfg, spec.names, device, world, amp)
+    memory_plan = memory.plan_for_run(cfg, spec.names, device, world, amp,
+                                      source_pixels=typical_source_pixels(train_index.shapes))
     cfg, amp = memory.apply(cfg, memory_plan, world), memory_plan.chosen.amp
     writer.info(memory_plan.describe())
     plan = make_plan(cfg.train, cfg.data.imgsz, world, amp, device.type, len(train_index))

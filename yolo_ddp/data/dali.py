@@ -2,11 +2,13 @@
 
 The graph is fed by `dali_source` (bytes, augmentation parameters and exact boxes per sample) and yields the
 batch dict of the torch backend (`img` uint8 NCHW RGB on the pipeline's device, `batch_idx`, `cls`, normalized
-xywh `bboxes`, per-image metadata), so the trainer does not know which backend runs.
+xywh `bboxes`, per-image metadata), so the trainer does not know which backend runs. `img` is DALI's HWC output
+permuted to NCHW, a channels_last view: no transpose kernel in the graph, and the channels_last model takes it
+as it is.
 
 Per sample: decode → resize (bilinear, no antialias, as cv2.INTER_LINEAR) → slice with grey padding (a plain
 training sample scaled and shifted as Ultralytics' RandomPerspective, a letterbox for validation; or four tiles
-concatenated around a centre, the mosaic) → horizontal flip → HSV → CHW. Pipelines have a fixed batch size, so
+concatenated around a centre, the mosaic) → horizontal flip → HSV. Pipelines have a fixed batch size, so
 short batches (an epoch's last training batch, the last validation batch) are filled with samples flagged
 `valid=0`, which `to_batch` drops.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,8 @@ from yolo_ddp.data.dali_source import (
 )
 from yolo_ddp.data.dataset import DatasetIndex
 from yolo_ddp.data.torch_loader import check_batches_per_epoch
+from yolo_ddp.memory.dali_buffers import is_dali_out_of_memory
+from yolo_ddp.memory.oom import OOMUnrecoverable
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +47,22 @@ class DaliSettings:
     device_id: int | None  # None: CPU-only pipeline (no CUDA needed)
     threads: int = 0  # DALI worker threads per pipeline; 0 = auto per device
     prefetch: int = 2  # batches prepared ahead
-    py_workers: int = 0  # processes reading files for the external source; 0 = in the pipeline's thread
+    py_workers: int = -1  # processes running the external source; 0 = the pipeline's thread; -1 = auto
 
     @property
     def gpu(self) -> bool:
         return self.device_id is not None
+
+    def source_workers(self) -> int:
+        """Auto: on a GPU the per-sample source (file reads, augmentation parameters, box arithmetic) in the
+        training thread would hold the GPU back, so up to 4 processes per rank (half the rank's cores) run it;
+        on CPU, 0: DALI's CPU threads already take every core and a worker would only compete with them."""
+        if self.py_workers >= 0:
+            return self.py_workers
+        if not self.gpu:
+            return 0
+        cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        return min(4, max(1, cores // 2))
 
     def num_threads(self) -> int:
         if self.threads:
@@ -66,11 +82,14 @@ def _image(encoded, size, start, shape, interp, gpu: bool):
 def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: Augment, train: bool) -> Pipeline:
     k = TILE_OUTPUTS
     n_out = k * tiles + (7 if train else 3)
+    workers = settings.source_workers()
+    # Parallel sources run in spawned processes (no fork beside a CUDA context); the sources are picklable.
     pipe = Pipeline(batch_size=batch, num_threads=settings.num_threads(), device_id=settings.device_id,
-                    prefetch_queue_depth=settings.prefetch, py_num_workers=max(1, settings.py_workers),
+                    prefetch_queue_depth=settings.prefetch, py_num_workers=max(1, workers),
                     py_start_method="spawn", seed=0)
     with pipe:
-        outs = fn.external_source(source=source, num_outputs=n_out, batch=False, parallel=settings.py_workers > 0)
+        outs = fn.external_source(source=source, num_outputs=n_out, batch=False, parallel=workers > 0,
+                                  **({"prefetch_queue_depth": settings.prefetch} if workers else {}))
         parts = [_image(*outs[k * t : k * t + k], settings.gpu) for t in range(tiles)]
         if tiles == 4:
             img = fn.cat(fn.cat(parts[0], parts[1], axis=1), fn.cat(parts[2], parts[3], axis=1), axis=0)
@@ -86,7 +105,7 @@ def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: A
                 img = fn.hsv(img, hue=hue, saturation=sat, value=val)
         else:
             extra = list(rest[1:])  # index, valid
-        pipe.set_outputs(fn.transpose(img, perm=[2, 0, 1]), labels, *extra)
+        pipe.set_outputs(img, labels, *extra)  # HWC: to_batch permutes it into a channels_last NCHW view
     return pipe
 
 
@@ -102,7 +121,7 @@ Meta = Callable[[int], tuple[tuple, tuple[int, int]]]  # image index → (ratio_
 def to_batch(out: dict[str, torch.Tensor], index: DatasetIndex, meta: Meta) -> dict[str, Any]:
     """DALI outputs → the torch backend's batch dict; drops padded label rows and filler samples."""
     n = int(out["valid"].sum())  # fillers sit at the end of a batch
-    img, labels, ids = out["img"][:n], out["labels"][:n], out["index"][:n].view(-1).tolist()
+    img, labels, ids = out["img"][:n].permute(0, 3, 1, 2), out["labels"][:n], out["index"][:n].view(-1).tolist()
     mask = labels[..., 0] >= 0
     rows = labels[mask]
     metas = [meta(i) for i in ids]
@@ -116,6 +135,30 @@ def to_batch(out: dict[str, torch.Tensor], index: DatasetIndex, meta: Meta) -> d
         "resized_shape": [resized for _, resized in metas],
         "ratio_pad": [ratio_pad for ratio_pad, _ in metas],
     }
+
+
+class DaliOutOfMemory(OOMUnrecoverable):
+    """DALI's allocator failed on the GPU: splitting the step cannot help, as the pipeline's batch is fixed."""
+
+
+@contextmanager
+def oom_advice(settings: DaliSettings, batch: int, what: str) -> Iterator[None]:
+    """Turn a DALI allocation failure into the one-paragraph advice a torch OOM gets."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, OOMUnrecoverable) or not is_dali_out_of_memory(e):
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        cause = next((line for line in lines if is_dali_out_of_memory(RuntimeError(line))), type(e).__name__)
+        where = f"cuda:{settings.device_id}" if settings.gpu else "the host"
+        raise DaliOutOfMemory(
+            f"Out of memory in DALI on {where} while {what} ({cause}). DALI's buffers live outside torch's "
+            f"allocator; the memory plan budgets them (the 'DALI buffers' lines of memory_plan.json) for "
+            f"data.dali.prefetch={settings.prefetch} batches in flight of {batch} sample(s). Fix: lower "
+            f"data.dali.prefetch (1 is the least), train.batch or train.memory_fraction (which leaves DALI more of "
+            f"the device), data.imgsz, or use data.backend=torch."
+        ) from e
 
 
 class DaliTrainStream:
@@ -140,7 +183,9 @@ class DaliTrainStream:
     def _open(self, tiles: int, epoch: int, skip_batches: int) -> DALIGenericIterator:
         source = TrainSource(self.index, self.imgsz, self.batch, self.rank, self.world, self.seed, self.augment,
                              tiles, start_epoch=epoch, skip=skip_batches * self.batch)
-        return _iterator(_pipeline(source, tiles, self.batch, self.settings, self.augment, train=True), train=True)
+        with oom_advice(self.settings, self.batch, "building the training pipeline"):
+            return _iterator(_pipeline(source, tiles, self.batch, self.settings, self.augment, train=True),
+                             train=True)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, tiles, it, skip = self.start_epoch, 0, None, self.start_batch
@@ -152,7 +197,9 @@ class DaliTrainStream:
                 tiles, it = want, None  # drop the old pipeline (and its prefetched batches) first
                 it = self._open(tiles, epoch, skip)
             for _ in range(self.batches_per_epoch - skip):
-                yield to_batch(next(it)[0], self.index, self._meta)
+                with oom_advice(self.settings, self.batch, "preparing a training batch"):
+                    out = next(it)[0]
+                yield to_batch(out, self.index, self._meta)
             epoch, skip = epoch + 1, 0
 
 
@@ -162,12 +209,12 @@ class DaliValLoader:
 
     def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int,
                  settings: DaliSettings, rect: bool = False) -> None:
-        self.index, self.imgsz = index, imgsz
+        self.index, self.imgsz, self.batch, self.settings = index, imgsz, batch, settings
         self.source = ValSource(index, imgsz, batch, rank, world, rect)
         self._it: DALIGenericIterator | None = None
         if self.source.n_valid:
-            pipe = _pipeline(self.source, 1, batch, settings, Augment(), train=False)
-            self._it = _iterator(pipe, train=False)
+            with oom_advice(settings, batch, "building the validation pipeline"):
+                self._it = _iterator(_pipeline(self.source, 1, batch, settings, Augment(), train=False), train=False)
 
     def __len__(self) -> int:
         return self.source.n_batches
@@ -175,5 +222,11 @@ class DaliValLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._it is None:
             return
-        for out in self._it:
-            yield to_batch(out[0], self.index, self.source.meta)
+        batches = iter(self._it)
+        while True:
+            try:
+                with oom_advice(self.settings, self.batch, "preparing a validation batch"):
+                    out = next(batches)[0]
+            except StopIteration:  # the epoch's end (the iterator resets itself for the next evaluation)
+                return
+            yield to_batch(out, self.index, self.source.meta)

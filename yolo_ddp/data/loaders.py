@@ -38,8 +38,9 @@ def _require_dali() -> None:
         import nvidia.dali  # noqa: F401
     except ImportError as e:
         raise ValueError(
-            f"data.backend=dali needs NVIDIA DALI, which failed to import ({e}). Reinstall with `make install` "
-            "(it pins nvidia-dali-cuda120), or set data.backend=torch."
+            f"data.backend=dali needs NVIDIA DALI, which failed to import ({e}). Install the build for torch's CUDA "
+            "major with `make install` (CUDA=13 by default: nvidia-dali-cuda130; `python -m launcher.doctor` "
+            "says which), or set data.backend=torch."
         ) from e
 
 

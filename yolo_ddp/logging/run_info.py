@@ -17,7 +17,8 @@ import torch
 from yolo_ddp import dist
 from yolo_ddp.topology.model import NodeTopology, link_matrix_table
 
-PACKAGES = ("torch", "torchvision", "ultralytics", "wandb", "hydra-core", "nvidia-dali-cuda120")
+PACKAGES = ("torch", "torchvision", "ultralytics", "wandb", "hydra-core", "nvidia-dali-cuda120",
+            "nvidia-dali-cuda130")
 
 
 def device_name(device: torch.device) -> str:

@@ -9,6 +9,8 @@ with `torch.autograd.graph.saved_tensors_hooks` adding up every distinct tensor 
 backward (parameters excluded). That is the memory a batch holds at the forward/backward boundary, on
 any device and the CPU included; two batch sizes give bytes per image. The backward's transient buffers
 (activation gradients, at most a few layers alive at once) are a fixed fraction on top.
+
+With DALI on a GPU, its buffers (outside torch's allocator) come on top: `dali_buffers.py` has the formula.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from yolo_ddp.memory.dali_buffers import DaliBuffers
+
 OPTIMIZER_COPIES = {"SGD": 1, "AdamW": 2, "auto": 2}  # fp32 state tensors per parameter; auto may pick AdamW
 BACKWARD_TRANSIENT = 0.25  # activation-gradient buffers alive during backward, as a fraction of saved activations
 GiB = 2**30
@@ -25,7 +29,8 @@ GiB = 2**30
 
 @dataclass(frozen=True)
 class Estimate:
-    """Bytes per rank. `per_image` scales with the micro-batch; everything else is fixed."""
+    """Bytes per rank. `bytes_per_image` (activations, DALI's buffers) scales with the micro-batch; the rest is
+    fixed."""
 
     weights: int
     gradients: int
@@ -36,23 +41,35 @@ class Estimate:
     per_image: int  # saved activations + backward transients for one image at `imgsz`
     imgsz: int
     amp: str
+    dali: DaliBuffers | None = None  # DALI's GPU buffers (data.backend dali on CUDA); None: no such cost
 
     @property
     def fixed(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.ema + self.ddp_buckets + self.amp_weight_cache
+        return (self.weights + self.gradients + self.optimizer + self.ema + self.ddp_buckets + self.amp_weight_cache
+                + (self.dali.fixed if self.dali else 0))
+
+    @property
+    def bytes_per_image(self) -> int:
+        """What one more image of micro-batch costs: its activations and, with DALI, its pipeline buffers."""
+        return self.per_image + (self.dali.per_image if self.dali else 0)
 
     def total(self, batch_per_rank: int) -> int:
-        return self.fixed + self.per_image * batch_per_rank
+        return self.fixed + self.bytes_per_image * batch_per_rank
 
     def at_imgsz(self, imgsz: int) -> Estimate:
         """Activations scale with pixels: a smaller letterbox needs (imgsz / probed) ** 2 of them."""
         scaled = int(self.per_image * (imgsz / self.imgsz) ** 2)
-        return Estimate(**{**self.__dict__, "per_image": scaled, "imgsz": imgsz})
+        dali = self.dali.scaled(imgsz / self.imgsz) if self.dali else None
+        return Estimate(**{**self.__dict__, "per_image": scaled, "imgsz": imgsz, "dali": dali})
 
     def components(self, batch_per_rank: int) -> dict[str, int]:
-        return {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer,
-                "EMA": self.ema, "DDP buckets": self.ddp_buckets, "AMP weight cache": self.amp_weight_cache,
-                f"activations ({batch_per_rank} img)": self.per_image * batch_per_rank}
+        parts = {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer,
+                 "EMA": self.ema, "DDP buckets": self.ddp_buckets, "AMP weight cache": self.amp_weight_cache,
+                 f"activations ({batch_per_rank} img)": self.per_image * batch_per_rank}
+        if self.dali:
+            parts["DALI decoder state"] = self.dali.fixed
+            parts[f"DALI buffers ({batch_per_rank} img)"] = self.dali.per_image * batch_per_rank
+        return parts
 
 
 def static_bytes(model: torch.nn.Module, optimizer: str, amp: str, world_size: int, ema: bool) -> dict[str, int]:

@@ -79,7 +79,7 @@ def smaller_model(cfg: str) -> str | None:
 def largest_fitting(est: Estimate, budget: int, cap: int) -> int:
     """Largest micro-batch in [1, cap] whose estimate fits the budget; 0 when even one image does not."""
     room = budget - est.fixed
-    return 0 if room < est.per_image else min(cap, room // max(est.per_image, 1))
+    return 0 if room < est.bytes_per_image else min(cap, room // max(est.bytes_per_image, 1))
 
 
 def plan_memory(

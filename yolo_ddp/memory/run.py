@@ -9,6 +9,7 @@ import torch
 
 from yolo_ddp import dist
 from yolo_ddp.config import Config
+from yolo_ddp.memory.dali_buffers import DaliBuffers
 from yolo_ddp.memory.estimate import Estimate, estimate
 from yolo_ddp.memory.planner import Candidate, MemoryPlan, plan_memory
 from yolo_ddp.model import build_model
@@ -44,27 +45,45 @@ def max_scaled(imgsz: int, factor: float) -> int:
 
 
 def plan_for_run(cfg: Config, names: dict[int, str], device: torch.device, world: int, amp: str,
-                 local_ranks: int | None = None) -> MemoryPlan:
-    """Rank 0 probes and decides against the smallest budget of all ranks; every rank gets that decision."""
+                 local_ranks: int | None = None, source_pixels: int | None = None) -> MemoryPlan:
+    """Rank 0 probes and decides against the smallest budget of all ranks; every rank gets that decision.
+
+    `source_pixels`: a typical training image's h x w (`typical_source_pixels` of the index), for DALI's
+    decode buffers; None: assumed data.imgsz squared.
+    """
     free = int(dist.all_reduce_min(float(free_bytes(device, local_ranks)), device))
     budget = int(free * cfg.train.memory_fraction)
     best_amp = agree_amp_mode("auto", device)  # the best mode every rank has natively, not rank 0's alone
     plan = None
     if dist.get_rank() == 0:
-        plan = _decide(cfg, names, device, world, amp, free, budget, best_amp)
+        plan = _decide(cfg, names, device, world, amp, free, budget, best_amp,
+                       dali_buffers_for(cfg, device, source_pixels))
     return dist.broadcast_object(plan)
 
 
+def dali_buffers_for(cfg: Config, device: torch.device, source_pixels: int | None) -> DaliBuffers | None:
+    """DALI's GPU buffers when this run decodes with DALI on a GPU; None otherwise (the torch DataLoader and
+    DALI's CPU pipelines use host memory, which the GPU plan does not cover)."""
+    from yolo_ddp.data.loaders import resolve_backend
+
+    if device.type != "cuda" or resolve_backend(cfg.data, device) != "dali":
+        return None
+    return DaliBuffers(source_pixels or cfg.data.imgsz**2, cfg.data.imgsz, cfg.data.dali.prefetch,
+                       mosaic=cfg.data.mosaic > 0, scale=cfg.data.scale)
+
+
 def _decide(cfg: Config, names: dict[int, str], device: torch.device, world: int, amp: str, free: int,
-            budget: int, agreed_best_amp: str) -> MemoryPlan:
+            budget: int, agreed_best_amp: str, dali: DaliBuffers | None = None) -> MemoryPlan:
     probed = largest_imgsz(cfg)
     cache: dict[tuple[str, str], Estimate] = {}
+    # DALI's canvas stays data.imgsz at the probed (multi-scale) size; the imgsz rung scales both alike.
 
     def estimate_for(model_cfg: str, imgsz: int, amp_mode: str) -> Estimate:
         key = (model_cfg, amp_mode)
         if key not in cache:
             model = build_model(replace(cfg.model, cfg=model_cfg), names, cfg.train, probed).to(device)
-            cache[key] = estimate(model, probed, device, amp_mode, cfg.train.optimizer, world, cfg.train.ema)
+            cache[key] = replace(estimate(model, probed, device, amp_mode, cfg.train.optimizer, world, cfg.train.ema),
+                                 dali=dali)
             del model
         return cache[key].at_imgsz(imgsz) if imgsz != probed else cache[key]
 
