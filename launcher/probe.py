@@ -1,7 +1,9 @@
 """`python -m launcher.probe`: this node's GPU link matrix and the gradient sync strategy it gets.
 
-`--topo-file` (saved `nvidia-smi topo -m` output, optionally with `--p2p-file` from
-`nvidia-smi topo -p2p r`) plans for a machine you are not logged into. Never initialises CUDA.
+On this node it shows the GPUs a job started here would train on (CUDA_VISIBLE_DEVICES, mapped to the node's
+GPUs as the workers map it), with links and peer access among those only. `--topo-file` (saved `nvidia-smi
+topo -m` output, optionally with `--p2p-file` from `nvidia-smi topo -p2p r`) plans for a machine you are not
+logged into, all of its GPUs. Never initialises CUDA.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from yolo_ddp.sync.plan import choose_sync, nccl_env_for
 from yolo_ddp.topology.model import GpuInfo, JobTopology, NodeTopology, link_matrix_table
 from yolo_ddp.topology.probe import probe_node
 from yolo_ddp.topology.smi import TopoParseError, parse_topo_matrix
+from yolo_ddp.topology.visible import job_view
 
 CPU_RANKS = 2  # what launcher.nproc_per_node=auto starts without a GPU
 
@@ -40,7 +43,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def load_node(args: argparse.Namespace) -> NodeTopology:
     if args.topo_file is None:
-        return probe_node(allow_cuda_init=False)
+        node = probe_node(allow_cuda_init=False)
+        return job_view(node, args.nproc_per_node or node.n_gpus)  # NVML numbers the whole node
     p2p = args.p2p_file.read_text() if args.p2p_file else None
     node = parse_topo_matrix(args.topo_file.read_text(errors="replace"), p2p, source=f"file {args.topo_file.name}")
     if args.gpu_name or args.compute_capability:

@@ -117,3 +117,15 @@ def test_torch_ordinals_win_over_the_env(worker, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
     node = worker("0,1", 2, node=l_node())  # the env (read as indices) would say GPUs 0 and 1
     assert [g.index for g in node.gpus] == [7, 6]
+
+
+def test_probe_command_shows_the_job_gpus_not_the_whole_node(monkeypatch, capsys):
+    """`python -m launcher.probe` with CUDA_VISIBLE_DEVICES=4,5,6,7 plans the NVLinked quad, not GPUs 0-3."""
+    from launcher import probe as probe_cmd
+
+    monkeypatch.setattr(probe_cmd, "probe_node", lambda allow_cuda_init=False: l_node())
+    monkeypatch.setattr(probe_cmd, "workload", lambda *a: probe_cmd.Workload(12_000_000, 8.7, 16))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert probe_cmd.main([]) == 0
+    out = capsys.readouterr().out
+    assert "4 GPU(s)" in out and "worst link: NV4" in out and "NCCL_P2P_DISABLE" not in out
