@@ -98,7 +98,7 @@ def main() -> None:
     if "RANK" in os.environ:  # under torchrun
         run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args)
         return
-    from launcher.spawn import free_port
+    from launcher.job.spawn import free_port
 
     mp.spawn(_spawned, args=(args.nproc, free_port(), args), nprocs=args.nproc, join=True)
 

@@ -21,9 +21,9 @@ import torch  # noqa: E402
 from ultralytics.utils.torch_utils import ModelEMA  # noqa: E402
 
 from yolo_ddp.config import ModelConfig, TrainConfig  # noqa: E402
+from yolo_ddp.engine.model import build_model, loss_criterion  # noqa: E402
+from yolo_ddp.engine.optim import build_optimizer, choose_optimizer  # noqa: E402
 from yolo_ddp.memory.estimate import GiB, estimate  # noqa: E402
-from yolo_ddp.model import build_model, loss_criterion  # noqa: E402
-from yolo_ddp.optim import build_optimizer, choose_optimizer  # noqa: E402
 
 NAMES = dict(enumerate(["missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper"]))
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from yolo_ddp.config import ModelConfig, TrainConfig  # noqa: E402
-from yolo_ddp.model import build_model  # noqa: E402
-from yolo_ddp.optim import OptimizerChoice, build_optimizer  # noqa: E402
+from yolo_ddp.engine.model import build_model  # noqa: E402
+from yolo_ddp.engine.optim import OptimizerChoice, build_optimizer  # noqa: E402
 
 
 def timed(fn, device: torch.device) -> float:

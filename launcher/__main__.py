@@ -22,15 +22,15 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from launcher.argv import normalize_argv, split_argv
 from launcher.errors import exit_on_user_error
-from launcher.run_id import register_resolvers, run_id
+from launcher.job.names import register_resolvers, run_id
 from launcher.store import register_configs
 from launcher.unknown_keys import refuse_unknown_keys
-from yolo_ddp import resume
-from yolo_ddp.checkpoint import refuse_fresh_run_over
 from yolo_ddp.config import Config
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.dist import check_devices, get_rank, under_elastic_agent
+from yolo_ddp.engine import resume
+from yolo_ddp.engine.checkpoint import refuse_fresh_run_over
 from yolo_ddp.plan import split_global_batch
 
 log = logging.getLogger("launcher")
@@ -60,8 +60,8 @@ class JobFailed(RuntimeError):
 
 
 def spawn_job(cfg: DictConfig) -> dict:
-    from launcher.slurm import node_task
-    from launcher.spawn import launch_workers, resolve_nproc
+    from launcher.job.slurm import node_task
+    from launcher.job.spawn import launch_workers, resolve_nproc
 
     typed = to_config(cfg)  # fail here, in one process, before any worker starts
     task = node_task()
@@ -77,8 +77,8 @@ def spawn_job(cfg: DictConfig) -> dict:
     sweep_point = HydraConfig.get().mode == RunMode.MULTIRUN and node == 0
     record: dict = {}
     if sweep_point:  # skip a completed point, resume a started one, keep the ladder off the swept keys
-        from launcher import sweep_points
-        from launcher.job_names import sweep_keys
+        from launcher.job.names import sweep_keys
+        from launcher.sweep import points as sweep_points
 
         typed, record = sweep_points.prepare(typed, run_dir, list(HydraConfig.get().overrides.task), sweep_keys())
         if typed is None:
@@ -126,7 +126,7 @@ def spawn_job(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | list[float] | None:
     if under_elastic_agent():  # torchrun started us: this process is one rank
-        from yolo_ddp.train import train
+        from yolo_ddp.engine.train import train
 
         result = exit_on_user_error(lambda: train(to_config(cfg)), rank=get_rank())
     elif HydraConfig.get().mode == RunMode.RUN:
@@ -139,7 +139,7 @@ def hydra_main(cfg: DictConfig) -> float | list[float] | None:
         result = spawn_job(cfg)
         objectives = HydraConfig.get().sweeper.get("objectives")
         if objectives:  # an Optuna search: best mAP50-95 (and img/s), NaN for an infeasible point
-            from launcher.sweep_points import objective
+            from launcher.sweep.points import objective
 
             return objective(Path(HydraConfig.get().runtime.output_dir), list(objectives))
     return result.get("mAP50-95")  # what a sweeper optimises
@@ -174,7 +174,7 @@ def main() -> None:
     # Flags first, then overrides (ours last): Hydra's parser takes overrides on one side of the flags only.
     sys.argv[:] = normalize_argv(sys.argv, _cpu_profile(sys.argv))
     if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
-        from launcher.job_names import export_sweep
+        from launcher.job.names import export_sweep
 
         export_sweep(sys.argv)
     register_resolvers()

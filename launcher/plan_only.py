@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 
 from yolo_ddp.config import Config
+from yolo_ddp.data.loaders import resolve_backend
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.data.synthetic import CLASS_NAMES
+from yolo_ddp.engine.model import build_model
 from yolo_ddp.memory import run as memory
 from yolo_ddp.memory.planner import MemoryPlan
 from yolo_ddp.plan import local_amp_mode
@@ -24,7 +26,8 @@ def plan_job(cfg: Config, nproc_per_node: int) -> tuple[MemoryPlan, Config]:
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     names = load_data_spec(resolve_data_yaml(cfg.data)).names if cfg.data.path else dict(enumerate(CLASS_NAMES))
     amp = local_amp_mode(cfg.train.amp, device)
-    mem = memory.plan_for_run(cfg, names, device, world, amp, local_ranks=nproc_per_node)
+    mem = memory.plan_for_run(cfg, names, device, world, amp, build_model, resolve_backend(cfg.data, device),
+                              local_ranks=nproc_per_node)
     return mem, memory.apply(cfg, mem, world)
 
 

@@ -18,7 +18,7 @@ def load_resolved_config(path: Path) -> Config:
 
 
 def main(argv: list[str]) -> None:
-    from yolo_ddp.train import train
+    from yolo_ddp.engine.train import train
 
     cfg = load_resolved_config(Path(argv[0]))
     result = exit_on_user_error(lambda: train(cfg), rank=dist.get_rank())

@@ -39,7 +39,7 @@ def hydra_ctx():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from launcher.run_id import register_resolvers
+    from launcher.job.names import register_resolvers
     from launcher.store import register_configs
 
     register_resolvers()

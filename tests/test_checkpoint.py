@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_ddp import checkpoint
+from yolo_ddp.engine import checkpoint
 
 
 class _Unpicklable:

@@ -85,12 +85,11 @@ def test_auto_batch_leaves_room_for_dali() -> None:
 
 def test_the_plan_budgets_dali_only_where_dali_decodes_on_a_gpu() -> None:
     cfg = Config(data=DataConfig(imgsz=640, dali=DaliConfig(prefetch=3)))
-    gpu = dali_buffers_for(cfg, torch.device("cuda", 0), source_pixels=480 * 640)
+    gpu = dali_buffers_for(cfg, torch.device("cuda", 0), 480 * 640, "dali")
     assert gpu == DaliBuffers(480 * 640, 640, 3, True, cfg.data.scale)
-    assert dali_buffers_for(cfg, torch.device("cuda", 0), None).source_pixels == PX640  # unknown: imgsz squared
-    assert dali_buffers_for(cfg, torch.device("cpu"), 480 * 640) is None  # host memory: not in a GPU plan
-    torch_backend = replace(cfg, data=replace(cfg.data, backend="torch"))
-    assert dali_buffers_for(torch_backend, torch.device("cuda", 0), 480 * 640) is None
+    assert dali_buffers_for(cfg, torch.device("cuda", 0), None, "dali").source_pixels == PX640  # unknown: imgsz^2
+    assert dali_buffers_for(cfg, torch.device("cpu"), 480 * 640, "dali") is None  # host memory: not in a GPU plan
+    assert dali_buffers_for(cfg, torch.device("cuda", 0), 480 * 640, "torch") is None
 
 
 @pytest.mark.parametrize("message", DALI_OOM_MESSAGES)

@@ -21,7 +21,7 @@ from tests.red_boxes import make_index, xyxy_px
 from yolo_ddp.config import DaliConfig, DataConfig
 from yolo_ddp.data.dataset import DatasetIndex, build_index
 from yolo_ddp.data.loaders import build_train_stream, build_val_loader
-from yolo_ddp.evaluate import evaluate, make_scorer
+from yolo_ddp.engine.evaluate import evaluate, make_scorer
 from yolo_ddp.logging.preview import ValPreview
 from yolo_ddp.plan import loader_batches_per_epoch
 

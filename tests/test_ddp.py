@@ -19,12 +19,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tests.conftest import free_port
 from yolo_ddp.config import TrainConfig
+from yolo_ddp.engine.loop import StepContext, TrainState, train_one_epoch
+from yolo_ddp.engine.model import build_model
+from yolo_ddp.engine.sync_bn import convert_sync_batchnorm
 from yolo_ddp.logging import NullWriter
-from yolo_ddp.loop import StepContext, TrainState, train_one_epoch
 from yolo_ddp.memory.oom import OOMGuard
-from yolo_ddp.model import build_model
 from yolo_ddp.plan import make_plan
-from yolo_ddp.sync_bn import convert_sync_batchnorm
 
 pytestmark = pytest.mark.slow
 NAMES = {0: "a", 1: "b"}

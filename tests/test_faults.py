@@ -145,7 +145,7 @@ def _stall_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank), TORCHELASTIC_RUN_ID="stall")
     from yolo_ddp import dist
-    from yolo_ddp.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
+    from yolo_ddp.engine.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
 
     dist.init_process_group(timeout_s=4, backend="gloo")
     heartbeat = Heartbeat()

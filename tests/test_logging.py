@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.job_names import name_from_overrides, swept_keys
+from launcher.job.names import name_from_overrides, swept_keys
 from tests.wandb_records import offline_runs, read_run, records
 from yolo_ddp.config import LoggerConfig
 from yolo_ddp.logging import NullWriter, RunWriter, disable_ultralytics_wandb, make_writer, wandb_run

@@ -19,13 +19,13 @@ from tests.conftest import free_port
 from tests.test_ddp import _init
 from yolo_ddp.config import ModelConfig, TrainConfig
 from yolo_ddp.data.synthetic import CLASS_NAMES, materialize
+from yolo_ddp.engine.loop import StepContext, TrainState, train_one_epoch
+from yolo_ddp.engine.loss_norm import LossNormaliser
+from yolo_ddp.engine.model import build_model, loss_criterion
+from yolo_ddp.engine.sync_bn import convert_sync_batchnorm
 from yolo_ddp.logging import NullWriter
-from yolo_ddp.loop import StepContext, TrainState, train_one_epoch
-from yolo_ddp.loss_norm import LossNormaliser
 from yolo_ddp.memory.oom import OOMGuard
-from yolo_ddp.model import build_model, loss_criterion
 from yolo_ddp.plan import make_plan
-from yolo_ddp.sync_bn import convert_sync_batchnorm
 
 pytestmark = pytest.mark.slow
 IMGSZ = 64

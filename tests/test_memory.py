@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from yolo_ddp.config import ModelConfig, TrainConfig
+from yolo_ddp.engine.model import build_model
+from yolo_ddp.engine.optim import build_optimizer, choose_optimizer
 from yolo_ddp.memory.estimate import Estimate, activation_bytes_per_image, static_bytes
 from yolo_ddp.memory.planner import Candidate, MemoryPlanError, plan_memory, smaller_model
-from yolo_ddp.model import build_model
-from yolo_ddp.optim import build_optimizer, choose_optimizer
 
 GIB = 2**30
 CPU = torch.device("cpu")

@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import CONF
 from yolo_ddp.config import ModelConfig, TrainConfig
-from yolo_ddp.model import build_model, loss_criterion
+from yolo_ddp.engine.model import build_model, loss_criterion
 
 NAMES = {0: "missing_hole", 1: "short", 2: "spur"}
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

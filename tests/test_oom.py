@@ -13,8 +13,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from tests.conftest import free_port
 from tests.test_ddp import _batches, _init, images, make_model, per_image_loss, sgd_run
+from yolo_ddp.engine.loop import train_one_epoch
 from yolo_ddp.logging import NullWriter
-from yolo_ddp.loop import train_one_epoch
 from yolo_ddp.memory.oom import OOMGuard, OOMUnrecoverable, split_batch
 
 pytestmark = pytest.mark.slow

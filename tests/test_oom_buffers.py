@@ -20,8 +20,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tests.conftest import free_port
 from tests.test_ddp import _batches, make_model, sgd_run
 from tests.test_oom import OOMOnce
+from yolo_ddp.engine.loop import train_one_epoch
 from yolo_ddp.logging import NullWriter
-from yolo_ddp.loop import train_one_epoch
 from yolo_ddp.memory.oom import OOMGuard
 
 pytestmark = pytest.mark.slow
@@ -73,8 +73,8 @@ class _CountingGroupCalls:
 
 def _count_worker(rank: int, port: int, out: str, accumulate: int, steps: int) -> None:
     from yolo_ddp.config import SyncConfig
-    from yolo_ddp.faults import StopSignal, after_step_hook
-    from yolo_ddp.heartbeat import Heartbeat
+    from yolo_ddp.engine.faults import StopSignal, after_step_hook
+    from yolo_ddp.engine.heartbeat import Heartbeat
     from yolo_ddp.sync.ddp import wrap_ddp
     from yolo_ddp.sync.plan import SyncPlan
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from launcher import run_id as rid
+from launcher.job import names as rid
 from yolo_ddp.config import TrainConfig
-from yolo_ddp.optim import OptimizerChoice, build_optimizer, build_scheduler
-from yolo_ddp.schedule import StepSchedule, lr_lambda
+from yolo_ddp.engine.optim import OptimizerChoice, build_optimizer, build_scheduler, lr_lambda
+from yolo_ddp.schedule import StepSchedule
 
 
 def _model():

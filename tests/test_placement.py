@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import _get_scalar_dtype
 
-from yolo_ddp.loop import load_optimizer_state
-from yolo_ddp.sync_bn import CollectiveBatchNorm2d, revert_sync_batchnorm
+from yolo_ddp.engine.loop import load_optimizer_state
+from yolo_ddp.engine.sync_bn import CollectiveBatchNorm2d, revert_sync_batchnorm
 
 
 def _checkpoint(fused: bool) -> dict:

@@ -17,8 +17,8 @@ from ultralytics.engine.trainer import BaseTrainer
 
 from yolo_ddp.config import ModelConfig, TrainConfig
 from yolo_ddp.data.synthetic import materialize
-from yolo_ddp.model import build_model
-from yolo_ddp.optim import (
+from yolo_ddp.engine.model import build_model
+from yolo_ddp.engine.optim import (
     auto_iterations,
     build_optimizer,
     build_scheduler,
@@ -179,7 +179,7 @@ def test_best_pt_fitness_is_ultralytics_detmetrics(tmp_path):
 
     from tests.test_data_parity import NAMES as VAL_NAMES
     from tests.test_data_parity import _val, _val_set
-    from yolo_ddp.evaluate import evaluate, make_scorer
+    from yolo_ddp.engine.evaluate import evaluate, make_scorer
 
     _, idx = _val_set(tmp_path)
     batches = _val("torch", idx)

@@ -14,8 +14,8 @@ from ultralytics.utils.torch_utils import ModelEMA
 
 from tests.conftest import free_port
 from tests.test_ddp import _init
-from yolo_ddp.sync_bn import CollectiveBatchNorm2d
-from yolo_ddp.train import weights_to_validate
+from yolo_ddp.engine.sync_bn import CollectiveBatchNorm2d
+from yolo_ddp.engine.train import weights_to_validate
 
 pytestmark = pytest.mark.slow
 

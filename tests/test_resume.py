@@ -11,9 +11,9 @@ from hydra import compose
 
 from tests.test_e2e import epochs_in
 from tests.test_e2e import run as launch
-from yolo_ddp import checkpoint, resume
-from yolo_ddp.checkpoint import CheckpointError
 from yolo_ddp.config import TrainConfig
+from yolo_ddp.engine import checkpoint, resume
+from yolo_ddp.engine.checkpoint import CheckpointError
 from yolo_ddp.plan import make_plan
 
 

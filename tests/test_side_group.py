@@ -48,7 +48,7 @@ def _stall_worker(rank: int, port: int, out: str) -> None:
     # The job group stands in for NCCL: a long timeout, and a backend name that makes the guard add a side group.
     tdist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
     tdist.get_backend = lambda group=None: "nccl"
-    from yolo_ddp.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
+    from yolo_ddp.engine.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
     from yolo_ddp.memory.oom import OOMGuard
 
     guard = OOMGuard(None, retries=0, timeout_s=3)  # every rank creates the side group (a collective)

@@ -8,9 +8,9 @@ import os
 import pytest
 from hydra import compose
 
-from launcher import run_id as rid
-from launcher.job_names import SWEEP_ARGV_ENV, export_sweep, sweep_argv
-from launcher.slurm import NodeTask, node_rank, node_task, rdzv_port
+from launcher.job import names as rid
+from launcher.job.names import SWEEP_ARGV_ENV, export_sweep, sweep_argv
+from launcher.job.slurm import NodeTask, node_rank, node_task, rdzv_port
 from yolo_ddp.config import LauncherConfig
 
 SUBMITIT_ENV = ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_JOB_NUM_NODES", "SLURM_NODEID",

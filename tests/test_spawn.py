@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import spawn
+from launcher.job import spawn
 from yolo_ddp.config import LauncherConfig
 
 

@@ -1,4 +1,4 @@
-"""The speed switches change how the model runs, not what it computes (yolo_ddp/speed.py)."""
+"""The speed switches change how the model runs, not what it computes (yolo_ddp/engine/speed.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from yolo_ddp.config import ModelConfig, TrainConfig
-from yolo_ddp.loop import load_optimizer_state
-from yolo_ddp.model import build_model, loss_criterion
-from yolo_ddp.optim import OptimizerChoice, build_optimizer
-from yolo_ddp.speed import configure_backends, describe, to_memory_format, training_forward
+from yolo_ddp.engine.loop import load_optimizer_state
+from yolo_ddp.engine.model import build_model, loss_criterion
+from yolo_ddp.engine.optim import OptimizerChoice, build_optimizer
+from yolo_ddp.engine.speed import configure_backends, describe, to_memory_format, training_forward
 
 NAMES = {0: "a", 1: "b"}
 IMGSZ = 64

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.sweep_points import objective, previous_row, restrict_ladder
+from launcher.sweep.points import objective, previous_row, restrict_ladder
 from tests.test_e2e import TINY
 from tests.test_sweep_summary import summary
 from yolo_ddp.logging.sweep import POINT_FILE, job_row

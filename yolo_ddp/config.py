@@ -129,7 +129,7 @@ class TrainConfig:
     warmup_bias_lr: float = 0.1
     cos_lr: bool = False
     # global: one loss normaliser per optimizer step, so ranks x micro-batches train what one forward on the
-    # step's images would (yolo_ddp/loss_norm.py); per_batch: Ultralytics' normaliser per forward.
+    # step's images would (yolo_ddp/engine/loss_norm.py); per_batch: Ultralytics' normaliser per forward.
     loss_norm: str = "global"
     amp: str = "auto"
     # auto: SyncBatchNorm when world > 1 and per-rank batch < sync_bn_below, so BatchNorm statistics see at
@@ -157,7 +157,7 @@ class TrainConfig:
     multi_scale: list[float] = field(default_factory=list)  # e.g. [0.5, 1.5]: random imgsz per batch
     # Progressive resize: [[first epoch, imgsz], ...], e.g. [[0, 320], [10, 640]]; empty = data.imgsz throughout.
     imgsz_schedule: list[list[int]] = field(default_factory=list)
-    # Speed switches (yolo_ddp/speed.py says what each does; bench/RESULTS.md what each measured).
+    # Speed switches (yolo_ddp/engine/speed.py says what each does; bench/RESULTS.md what each measured).
     channels_last: bool = True
     fused_optimizer: bool = True
     compile: bool = False  # torch.compile the training forward: ~1 min of compile first, for long runs

@@ -75,7 +75,7 @@ def pick_device(local_rank: int) -> torch.device:
 
 # Extra time NCCL's own timeout gets over dist.timeout_s. The ranks wait for each other each step on a host-side
 # gloo group (`host_group`) whose timeout is dist.timeout_s, so a stalled rank raises there, in Python, and is
-# named (yolo_ddp/heartbeat.py). NCCL's watchdog, whose timeout kills the process without a Python exception
+# named (yolo_ddp/engine/heartbeat.py). NCCL's watchdog, whose timeout kills the process without a Python exception
 # (TORCH_NCCL_ASYNC_ERROR_HANDLING, 1 under the elastic agent; left as is), stays the backstop for a hang
 # inside an NCCL collective.
 NCCL_GRACE_S = 60.0

@@ -1,4 +1,7 @@
-"""Which loader batches make each optimizer step, and the LR and momentum of each step: Ultralytics' rules.
+"""Which loader batches make each optimizer step, and where warmup ends: Ultralytics' rules, as step arithmetic.
+
+Part of the run plan (yolo_ddp.plan derives the warmup and step counts from it); the engine's optimizer
+(yolo_ddp.engine.optim) turns the same schedule into LR and momentum values.
 
 Ultralytics' trainer (`engine/trainer.py`, `_do_train`) counts loader batches `ni` over the run and steps the
 optimizer when `ni - last_opt_step >= accumulate`. During the `nw` warmup batches
@@ -20,20 +23,12 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from ultralytics.utils.torch_utils import one_cycle
 
 
 def warmup_batches(warmup_epochs: float, epochs: int, batches_per_epoch: int) -> int:
     """Ultralytics' `_get_warmup_iterations`: warmup leaves at least the final epoch for regular training."""
     capped = min(warmup_epochs, max(epochs - 1, 0))
     return round(capped * batches_per_epoch) if capped > 0 else 0
-
-
-def lr_lambda(epochs: int, lrf: float, cos: bool):
-    """Ultralytics' `_setup_scheduler` factor of lr0 per epoch."""
-    if cos:
-        return one_cycle(1, lrf, epochs)
-    return lambda x: max(1 - x / epochs, 0) * (1.0 - lrf) + lrf
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ ask/launch/tell loop, for four things the plugin does not do:
 - `n_trials` is the study's total: a re-run of the same command (same `hydra.sweep.dir`, whose SQLite file
   holds the study) runs only the trials still missing, instead of `n_trials` more;
 - a trial the killed sweep left running goes back to Optuna's queue (state WAITING) and runs again with its
-  parameters, in its own job dir (a `last.pt` there resumes it, launcher/sweep_points.py);
+  parameters, in its own job dir (a `last.pt` there resumes it, launcher/sweep/points.py);
 - job number = trial number, so job dir N is trial N across re-runs;
-- an infeasible point (the job returns NaN, launcher/sweep_points.py) is a failed trial and the study goes on;
+- an infeasible point (the job returns NaN, launcher/sweep/points.py) is a failed trial and the study goes on;
   a job that crashes fails its trial and stops the sweep, as in the plugin.
 """
 

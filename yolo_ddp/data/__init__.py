@@ -1,1 +1,1 @@
-"""Dataset spec parsing, a node-shared label index, and the torch DataLoader backend."""
+"""From a data.yaml or an export to batches: spec parsing, the node-shared label index, and both loaders."""

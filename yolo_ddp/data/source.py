@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from yolo_ddp.config import DataConfig
-from yolo_ddp.data.foreign import convert_once, detect
+from yolo_ddp.data.foreign.convert import convert_once, detect
 from yolo_ddp.data.spec import DataError
 from yolo_ddp.dist import local_rank_zero_first
 

@@ -1,6 +1,6 @@
 """A sweep's summary: one row per job, from the files its run dir holds (whatever the job got to write).
 
-Written by the Hydra callback `launcher.sweep_summary.SweepSummary` after every job, so a failed job is a
+Written by the Hydra callback `launcher.sweep.summary.SweepSummary` after every job, so a failed job is a
 row too (status FAILED, its error) and the files exist even when the sweep stops early.
 """
 
@@ -18,7 +18,7 @@ SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_PNG = "sweep_summary.png"
 BEST_TXT = "sweep_best.txt"
 ROW_FILE = "sweep_row.json"  # one job's row, in its dir (the summary is rebuilt from these)
-POINT_FILE = "sweep_point.json"  # what the launcher decided before the job's workers started (launcher/sweep_points.py)
+POINT_FILE = "sweep_point.json"  # what the launcher decided before the job's workers started (launcher/sweep/points.py)
 INFEASIBLE = "INFEASIBLE"
 OBJECTIVES = ("best_mAP50-95", "img_per_s")  # what a search may optimise: columns of a row
 COLUMNS = ("job", "name", "params", "status", "objective", "world_size", "batch_per_rank", "accumulate", "imgsz",

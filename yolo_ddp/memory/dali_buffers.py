@@ -27,7 +27,7 @@ import numpy as np
 
 MiB = 2**20
 CANVAS_COPIES = 4
-VAL_PER_TRAIN = 2  # the validation batch is twice the training micro-batch (yolo_ddp/train.py)
+VAL_PER_TRAIN = 2  # the validation batch is twice the training micro-batch (yolo_ddp/engine/train.py)
 PIPELINES = 2  # training and validation, both alive during training
 DECODER_STATE = 256 * MiB
 CHANNELS = 3

@@ -5,7 +5,7 @@ the job's `dist.timeout_s`), so checking it never waits for the GPU: an OOM is r
 allocator fails, while the kernels before it may still be queued. The ranks check once per optimizer step,
 after the final micro-step's forward, before its gradient all-reduce: non-final micro-steps (under
 `no_sync()`) issue no collective, so a rank that ran out of memory in one skips the rest of the step and
-reports at that check. The same check carries the stop request (yolo_ddp/faults.py). On recovery the current
+reports at that check. The same check carries the stop request (yolo_ddp/engine/faults.py). On recovery the current
 optimizer step is dropped and redone from its first loader batch with each batch cut into twice as many
 micro-batches, so the effective batch, the data and the step count stay the same.
 

@@ -1,21 +1,28 @@
-"""The memory plan for one run: budget from the device, probe on rank 0, the same decision on every rank."""
+"""The memory plan for one run: budget from the device, probe on rank 0, the same decision on every rank.
+
+The planner sits below the data and engine stages: the caller passes in how to build the model (the engine's
+`build_model`) and which data backend the run resolved, so nothing here imports upward.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 
 from yolo_ddp import dist
-from yolo_ddp.config import Config
+from yolo_ddp.config import Config, ModelConfig, TrainConfig
 from yolo_ddp.memory.dali_buffers import DaliBuffers
 from yolo_ddp.memory.estimate import Estimate, estimate
 from yolo_ddp.memory.planner import Candidate, MemoryPlan, plan_memory
-from yolo_ddp.model import build_model
 from yolo_ddp.plan import agree_amp_mode, split_global_batch
 
 STRIDE = 32
+
+# (model config, class names, train config, imgsz) -> an nn.Module: yolo_ddp.engine.model.build_model
+ModelBuilder = Callable[[ModelConfig, dict[int, str], TrainConfig, int], torch.nn.Module]
 
 
 def free_bytes(device: torch.device, local_ranks: int | None = None) -> int:
@@ -45,35 +52,37 @@ def max_scaled(imgsz: int, factor: float) -> int:
 
 
 def plan_for_run(cfg: Config, names: dict[int, str], device: torch.device, world: int, amp: str,
-                 local_ranks: int | None = None, source_pixels: int | None = None) -> MemoryPlan:
+                 build_model: ModelBuilder, backend: str, local_ranks: int | None = None,
+                 source_pixels: int | None = None) -> MemoryPlan:
     """Rank 0 probes and decides against the smallest budget of all ranks; every rank gets that decision.
 
-    `source_pixels`: a typical training image's h x w (`typical_source_pixels` of the index), for DALI's
-    decode buffers; None: assumed data.imgsz squared.
+    `build_model` builds the model a candidate would train; `backend`: the data backend the run resolved
+    (`resolve_backend` of yolo_ddp.data.loaders). `source_pixels`: a typical training image's h x w
+    (`typical_source_pixels` of the index), for DALI's decode buffers; None: assumed data.imgsz squared.
     """
     free = int(dist.all_reduce_min(float(free_bytes(device, local_ranks)), device))
     budget = int(free * cfg.train.memory_fraction)
     best_amp = agree_amp_mode("auto", device)  # the best mode every rank has natively, not rank 0's alone
     plan = None
     if dist.get_rank() == 0:
-        plan = _decide(cfg, names, device, world, amp, free, budget, best_amp,
-                       dali_buffers_for(cfg, device, source_pixels))
+        plan = _decide(cfg, names, device, world, amp, free, budget, best_amp, build_model,
+                       dali_buffers_for(cfg, device, source_pixels, backend))
     return dist.broadcast_object(plan)
 
 
-def dali_buffers_for(cfg: Config, device: torch.device, source_pixels: int | None) -> DaliBuffers | None:
-    """DALI's GPU buffers when this run decodes with DALI on a GPU; None otherwise (the torch DataLoader and
-    DALI's CPU pipelines use host memory, which the GPU plan does not cover)."""
-    from yolo_ddp.data.loaders import resolve_backend
-
-    if device.type != "cuda" or resolve_backend(cfg.data, device) != "dali":
+def dali_buffers_for(cfg: Config, device: torch.device, source_pixels: int | None,
+                     backend: str) -> DaliBuffers | None:
+    """DALI's GPU buffers when this run decodes with DALI (`backend`) on a GPU; None otherwise (the torch
+    DataLoader and DALI's CPU pipelines use host memory, which the GPU plan does not cover)."""
+    if device.type != "cuda" or backend != "dali":
         return None
     return DaliBuffers(source_pixels or cfg.data.imgsz**2, cfg.data.imgsz, cfg.data.dali.prefetch,
                        mosaic=cfg.data.mosaic > 0, scale=cfg.data.scale)
 
 
 def _decide(cfg: Config, names: dict[int, str], device: torch.device, world: int, amp: str, free: int,
-            budget: int, agreed_best_amp: str, dali: DaliBuffers | None = None) -> MemoryPlan:
+            budget: int, agreed_best_amp: str, build_model: ModelBuilder,
+            dali: DaliBuffers | None = None) -> MemoryPlan:
     probed = largest_imgsz(cfg)
     cache: dict[tuple[str, str], Estimate] = {}
     # DALI's canvas stays data.imgsz at the probed (multi-scale) size; the imgsz rung scales both alike.

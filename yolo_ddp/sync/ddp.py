@@ -1,5 +1,5 @@
 """The three calls `train.py` makes: probe + NCCL env before init, plan after the model exists, DDP wrap;
-and the two DDP states the OOM recovery (yolo_ddp/loop.py) has to keep equal on every rank."""
+and the two DDP states the OOM recovery (yolo_ddp/engine/loop.py) has to keep equal on every rank."""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from launcher.job_names import name_from_overrides, sweep_keys
-from launcher.slurm import node_rank
+from launcher.job.names import name_from_overrides, sweep_keys
+from launcher.job.slurm import node_rank
 from yolo_ddp.logging.sweep import ROW_FILE, job_row, write_summary
 
 log = logging.getLogger("launcher")

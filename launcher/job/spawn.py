@@ -38,7 +38,7 @@ def rendezvous_id(run_id: str) -> str:
 def default_omp_threads(nproc: int) -> None:
     """What torchrun does (torch/distributed/run.py): with several workers on the node and no OMP_NUM_THREADS set,
     each worker gets 1, so N ranks' OpenMP pools do not oversubscribe the cores. CPU ranks still size their own
-    intra-op pool (torch.set_num_threads in yolo_ddp/train.py); a value the user set is left alone."""
+    intra-op pool (torch.set_num_threads in yolo_ddp/engine/train.py); a value the user set is left alone."""
     if "OMP_NUM_THREADS" not in os.environ and nproc > 1:
         os.environ["OMP_NUM_THREADS"] = "1"
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from yolo_ddp import dist
-from yolo_ddp.heartbeat import Heartbeat
-from yolo_ddp.loop import TrainState
+from yolo_ddp.engine.heartbeat import Heartbeat
+from yolo_ddp.engine.loop import TrainState
 from yolo_ddp.memory.oom import OOMGuard
 from yolo_ddp.schedule import StepSchedule
 

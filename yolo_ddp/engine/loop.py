@@ -1,7 +1,7 @@
 """The training step and epoch: DDP, AMP and gradient accumulation readable in one screen.
 
 Loss semantics follow Ultralytics: its criterion returns the loss times the local batch; DDP averages
-gradients over ranks, so multiplying by world size sums them. `LossNormaliser` (yolo_ddp/loss_norm.py) gives
+gradients over ranks, so multiplying by world size sums them. `LossNormaliser` (yolo_ddp/engine/loss_norm.py) gives
 the step one normaliser, so the update equals one forward on all of the step's images, however they are split
 over ranks and micro-batches. Non-final micro-steps run under `no_sync()`: one all-reduce per optimizer step, and one small host-side check
 (OOM and stop flags, yolo_ddp/memory/oom.py) before it.
@@ -25,15 +25,15 @@ from torch.optim.optimizer import _get_scalar_dtype  # the dtype torch's own opt
 from yolo_ddp import dist
 from yolo_ddp.config import TrainConfig
 from yolo_ddp.data.model_input import to_model_input
+from yolo_ddp.engine.loss_norm import LossNormaliser
+from yolo_ddp.engine.optim import set_step_momentum
+from yolo_ddp.engine.sync_bn import has_collective_norm
 from yolo_ddp.logging import NullWriter, StepWindow, peak_memory_gib
-from yolo_ddp.loss_norm import LossNormaliser
 from yolo_ddp.memory.oom import OOMGuard, split_batch
 from yolo_ddp.memory.run import STRIDE
-from yolo_ddp.optim import set_step_momentum
 from yolo_ddp.plan import RunPlan
 from yolo_ddp.schedule import StepSchedule
 from yolo_ddp.sync.ddp import forward_alone, restart_step
-from yolo_ddp.sync_bn import has_collective_norm
 
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
 
@@ -129,7 +129,7 @@ class StepContext:
 
 def optimizer_step(s: TrainState, ctx: StepContext, grad_factor: torch.Tensor | None = None) -> None:
     s.scaler.unscale_(s.optimizer)
-    if grad_factor is not None:  # the step's one loss normaliser (yolo_ddp/loss_norm.py), before clipping
+    if grad_factor is not None:  # the step's one loss normaliser (yolo_ddp/engine/loss_norm.py), before clipping
         torch._foreach_mul_([p.grad for p in s.raw.parameters() if p.grad is not None], grad_factor)
     torch.nn.utils.clip_grad_norm_(s.raw.parameters(), max_norm=ctx.train.grad_clip)
     s.scaler.step(s.optimizer)

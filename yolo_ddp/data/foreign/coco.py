@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from yolo_ddp.data.foreign import (
+from yolo_ddp.data.foreign.common import (
     Converted,
     coco_jsons,
     flat_name,

@@ -16,9 +16,10 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 from ultralytics.engine.trainer import BaseTrainer
+from ultralytics.utils.torch_utils import one_cycle
 
 from yolo_ddp.config import TrainConfig
-from yolo_ddp.schedule import StepSchedule, lr_lambda
+from yolo_ddp.schedule import StepSchedule
 
 FUSABLE = ("SGD", "Adam", "AdamW")  # torch optimizers with a fused kernel on CPU and CUDA
 KERNEL_KEYS = ("fused", "foreach")
@@ -30,6 +31,13 @@ class OptimizerChoice:
     lr0: float
     momentum: float
     warmup_bias_lr: float = 0.1  # where bias LRs start their warmup; Ultralytics zeroes it for `auto`
+
+
+def lr_lambda(epochs: int, lrf: float, cos: bool):
+    """Ultralytics' `_setup_scheduler` factor of lr0 per epoch."""
+    if cos:
+        return one_cycle(1, lrf, epochs)
+    return lambda x: max(1 - x / epochs, 0) * (1.0 - lrf) + lrf
 
 
 def auto_iterations(train_images: int, global_batch: int, nbs: int, epochs: int) -> int:

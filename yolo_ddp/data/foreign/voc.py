@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 from ultralytics.data.utils import IMG_FORMATS
 
-from yolo_ddp.data.foreign import Converted, link_image, malformed, split_by_folder
+from yolo_ddp.data.foreign.common import Converted, link_image, malformed, split_by_folder
 from yolo_ddp.data.spec import DataError
 
 LOGGER = logging.getLogger(__name__)

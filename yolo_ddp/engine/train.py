@@ -18,29 +18,30 @@ from typing import Any
 import torch
 from ultralytics.utils.torch_utils import ModelEMA
 
-from yolo_ddp import checkpoint, dist, resume, speed
+from yolo_ddp import dist
 from yolo_ddp.config import Config
 from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
-from yolo_ddp.evaluate import EvalResult, evaluate, make_scorer
-from yolo_ddp.faults import StopRequested, StopSignal, after_step_hook, stop_on_signals
-from yolo_ddp.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
+from yolo_ddp.engine import checkpoint, resume, speed
+from yolo_ddp.engine.evaluate import EvalResult, evaluate, make_scorer
+from yolo_ddp.engine.faults import StopRequested, StopSignal, after_step_hook, stop_on_signals
+from yolo_ddp.engine.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
+from yolo_ddp.engine.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
+from yolo_ddp.engine.loss_norm import LossNormaliser
+from yolo_ddp.engine.model import build_model, loss_criterion
+from yolo_ddp.engine.optim import auto_iterations, build_optimizer, build_scheduler, choose_optimizer
+from yolo_ddp.engine.sync_bn import convert_sync_batchnorm, revert_sync_batchnorm
 from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_rank_logging
-from yolo_ddp.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
-from yolo_ddp.loss_norm import LossNormaliser
 from yolo_ddp.memory import run as memory
 from yolo_ddp.memory.dali_buffers import typical_source_pixels
 from yolo_ddp.memory.oom import OOMGuard, read_split_hint
-from yolo_ddp.model import build_model, loss_criterion
-from yolo_ddp.optim import auto_iterations, build_optimizer, build_scheduler, choose_optimizer
 from yolo_ddp.plan import agree_amp_mode, make_plan
 from yolo_ddp.sync import ddp as sync
-from yolo_ddp.sync_bn import convert_sync_batchnorm, revert_sync_batchnorm
 from yolo_ddp.topology import NodeTopology
 
-log = logging.getLogger("yolo_ddp.train")
+log = logging.getLogger("yolo_ddp.engine.train")
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -89,8 +90,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     val_index = build_index(spec.val, spec.nc, cache, "val")
 
     amp = agree_amp_mode(cfg.train.amp, device)
+    backend = resolve_backend(cfg.data, device)
     cfg = _resumed_batch(cfg, saved)
-    memory_plan = memory.plan_for_run(cfg, spec.names, device, world, amp,
+    memory_plan = memory.plan_for_run(cfg, spec.names, device, world, amp, build_model, backend,
                                       source_pixels=typical_source_pixels(train_index.shapes))
     cfg, amp = memory.apply(cfg, memory_plan, world), memory_plan.chosen.amp
     writer.info(memory_plan.describe())
@@ -129,7 +131,6 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     _maybe_resume(saved, state)
     del saved  # the state dicts are loaded; do not hold a second copy through training
 
-    backend = resolve_backend(cfg.data, device)
     writer.info(f"data backend: {backend}")
     val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
     train_batches = iter(build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,

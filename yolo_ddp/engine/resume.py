@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from yolo_ddp import checkpoint
-from yolo_ddp.checkpoint import CheckpointError
+from yolo_ddp.engine import checkpoint
+from yolo_ddp.engine.checkpoint import CheckpointError
 from yolo_ddp.plan import RunPlan
 from yolo_ddp.schedule import StepSchedule
 

@@ -1,0 +1,1 @@
+"""Labelling-tool exports (Pascal VOC XML, COCO JSON) converted once per node into a YOLO set."""
