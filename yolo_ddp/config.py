@@ -40,10 +40,11 @@ class SyntheticDataConfig:
 class DaliConfig:
     """DALI pipeline knobs (data.backend=dali, or auto on a GPU)."""
 
-    threads: int = 0  # DALI CPU threads per rank; 0 = auto (4 on a GPU, cores / local ranks on CPU)
+    threads: int = 0  # DALI CPU threads per rank; 0 = auto (4 on a GPU, allowed CPUs / local ranks on CPU)
     prefetch: int = 2  # batches prepared ahead of the training step
-    # processes running the per-sample source (file reads, augmentation parameters, boxes); 0 = in the training
-    # thread; -1 = auto: up to 4 per rank on a GPU, 0 on CPU (yolo_ddp/data/dali.py DaliSettings.source_workers)
+    # processes running the per-sample training source (file reads, augmentation parameters, boxes); 0 = in the
+    # training thread; -1 = auto: up to 4 per rank on a GPU (half the rank's share of its allowed CPUs and cgroup
+    # quota), 0 on CPU (yolo_ddp/data/dali.py DaliSettings.source_workers). Validation always runs it inline.
     py_workers: int = -1
 
     def __post_init__(self) -> None:
@@ -132,10 +133,17 @@ class TrainConfig:
     # step's images would (yolo_ddp/engine/loss_norm.py); per_batch: Ultralytics' normaliser per forward.
     loss_norm: str = "global"
     amp: str = "auto"
-    # auto: SyncBatchNorm when world > 1 and per-rank batch < sync_bn_below, so BatchNorm statistics see at
-    # least Ultralytics' default batch (16); 2 ranks x 8 then trains what 1 x 16 does (bench/RESULTS.md).
+    # auto: SyncBatchNorm when world > 1 and the per-rank batch is below the device's threshold. GPUs: below 8,
+    # where per-rank BN breaks (2-4 images); from 8 up each rank keeps its own BN, as `yolo train` does, so no
+    # GPU run pays a collective per BN layer that Ultralytics' does not (docs/scaling.md). CPU (gloo): below 16,
+    # measured: 2 ranks x 8 synced beat per-rank BN on 3 paired seeds (bench/RESULTS.md).
     sync_bn: str = "auto"
-    sync_bn_below: int = 16
+    sync_bn_below: int = 8  # GPUs
+    sync_bn_below_cpu: int = 16
+    # Which SyncBatchNorm on GPUs: torch (nn.SyncBatchNorm: an all-gather and a host sync per layer per forward)
+    # or collective (ours: one all-reduce of the moments, no host sync; always used on CPU, where torch's has
+    # no kernels). Same outputs and gradients (tests/test_sync_bn.py); bench/sync_bn.py times both.
+    sync_bn_impl: str = "torch"
     ema: bool = True
     grad_clip: float = 10.0
     seed: int = 0
@@ -148,12 +156,18 @@ class TrainConfig:
     box: float = 7.5  # loss gains (Ultralytics' defaults)
     cls: float = 0.5
     dfl: float = 1.5
-    threads_per_rank: int = 0  # torch intra-op threads on CPU; 0 = cores / local ranks
+    threads_per_rank: int = 0  # torch intra-op threads on CPU; 0 = usable CPUs (affinity, cgroup quota) / local ranks
     memory_fraction: float = 0.9  # share of a rank's free device memory the planner may use
     # What the planner may change, in this order, when the run does not fit: amp, batch, imgsz, model.
     allow_downgrade: list[str] = field(default_factory=lambda: ["amp", "batch"])
     oom_retries: int = 3  # times a mid-run OOM may halve the micro-batch before the run fails
-    save_every_steps: int = 0  # also write last.pt every N optimizer steps inside an epoch (0: epoch ends only)
+    # Times `python -m launcher` starts the job again, from last.pt at half the micro-batch, after an OOM no rank
+    # could retry in place (inside SyncBatchNorm or the gradient all-reduce; yolo_ddp/memory/oom.py).
+    oom_restarts: int = 3
+    # Also write last.pt inside an epoch once this long has passed since the last checkpoint (0: off), so a crash
+    # or an OOM restart redoes at most that much training; and every N optimizer steps (0: off).
+    save_every_s: float = 120.0
+    save_every_steps: int = 0
     multi_scale: list[float] = field(default_factory=list)  # e.g. [0.5, 1.5]: random imgsz per batch
     # Progressive resize: [[first epoch, imgsz], ...], e.g. [[0, 320], [10, 640]]; empty = data.imgsz throughout.
     imgsz_schedule: list[list[int]] = field(default_factory=list)
@@ -172,6 +186,8 @@ class TrainConfig:
         _check(set(self.allow_downgrade) <= {"amp", "batch", "imgsz", "model"}, "train.allow_downgrade",
                f"got {list(self.allow_downgrade)}; choose from amp, batch, imgsz, model.")
         _check(self.oom_retries >= 0, "train.oom_retries", "must be >= 0.")
+        _check(self.oom_restarts >= 0, "train.oom_restarts", "must be >= 0 (0: an OOM inside a collective ends the run).")
+        _check(self.save_every_s >= 0, "train.save_every_s", "must be >= 0 (0: no time-based checkpoints).")
         _check(self.save_every_steps >= 0, "train.save_every_steps", "must be >= 0 (0: only at epoch ends).")
         _check(not self.multi_scale or (len(self.multi_scale) == 2 and 0 < self.multi_scale[0] <= 1 <= self.multi_scale[1]),
                "train.multi_scale", f"got {list(self.multi_scale)}; use [low, high] around 1, e.g. [0.5, 1.5], or [].")
@@ -186,6 +202,7 @@ class TrainConfig:
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"choose one of {OPTIMIZERS}.")
         _check(self.amp in AMP_MODES, "train.amp", f"got '{self.amp}'; choose one of {AMP_MODES}.")
         _check(self.sync_bn in ("auto", "on", "off"), "train.sync_bn", "choose auto, on or off.")
+        _check(self.sync_bn_impl in ("torch", "collective"), "train.sync_bn_impl", "choose torch or collective.")
         _check(self.loss_norm in LOSS_NORMS, "train.loss_norm", f"got '{self.loss_norm}'; choose one of {LOSS_NORMS}.")
         _check(self.lr0 > 0, "train.lr0", "must be > 0.")
         _check(0 < self.lrf <= 1, "train.lrf", "is the final lr fraction and must be in (0, 1].")
@@ -193,9 +210,14 @@ class TrainConfig:
         _check(self.val_every >= 1, "train.val_every", "must be >= 1.")
 
 
+# What launcher.nproc_per_node=auto starts on a machine without GPU: one process, the CPU shape with the best
+# time-to-accuracy (bench/RESULTS.md, README "Train"); `launcher.nproc_per_node=2` still runs real DDP on CPU.
+AUTO_CPU_RANKS = 1
+
+
 @dataclass
 class LauncherConfig:
-    nproc_per_node: str = "auto"  # auto: one per GPU, else 2 on CPU
+    nproc_per_node: str = "auto"  # auto: one per GPU; AUTO_CPU_RANKS (1) without GPU
     nnodes: int = 1
     max_restarts: int = 0
     rdzv_endpoint: str = ""  # host:port; empty = this machine, a free port
