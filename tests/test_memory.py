@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from yolo_ddp.config import ModelConfig, TrainConfig
+from yolo_ddp.config import OPTIMIZERS, ModelConfig, TrainConfig
 from yolo_ddp.engine.model import build_model
 from yolo_ddp.engine.optim import build_optimizer, choose_optimizer
 from yolo_ddp.memory.estimate import Estimate, activation_bytes_per_image, static_bytes
@@ -25,8 +25,9 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
                if torch.is_tensor(t) and t.dim() > 0)
 
 
-@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n != "auto"])
 def test_static_bytes_match_real_tensors(yolov8n: torch.nn.Module, name: str) -> None:
+    """Every optimizer the config accepts plans, with the state Ultralytics' optimizer really keeps."""
     static = static_bytes(yolov8n, name, "off", world_size=2, ema=True)
     params = [p for p in yolov8n.parameters() if p.requires_grad]
     assert static["weights"] == sum(t.numel() * t.element_size() for t in [*yolov8n.parameters(), *yolov8n.buffers()])
@@ -38,6 +39,12 @@ def test_static_bytes_match_real_tensors(yolov8n: torch.nn.Module, name: str) ->
     assert static["gradients"] == sum(p.grad.numel() * p.grad.element_size() for p in params)
     assert static["ddp_buckets"] == static["gradients"]  # world 2: DDP keeps one bucketed copy
     assert static_bytes(yolov8n, name, "bf16", 1, False)["amp_weight_cache"] == sum(p.numel() * 2 for p in params)
+
+
+def test_auto_plans_for_the_larger_of_its_choices(yolov8n: torch.nn.Module) -> None:
+    auto = static_bytes(yolov8n, "auto", "off", 1, False)["optimizer"]
+    assert "auto" in OPTIMIZERS
+    assert auto == max(static_bytes(yolov8n, n, "off", 1, False)["optimizer"] for n in OPTIMIZERS if n != "auto")
 
 
 def test_activation_probe_scales_with_pixels_and_precision(yolov8n: torch.nn.Module) -> None:

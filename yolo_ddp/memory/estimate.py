@@ -1,8 +1,9 @@
 """Per-rank memory of a training step, by component, before the first step.
 
 Static bytes come from the real parameter count: fp32 weights, fp32 gradients, optimizer state (SGD
-momentum: one fp32 copy; AdamW: two), the EMA copy, DDP's gradient buckets (a second fp32 copy of the
-gradients unless they are bucket views), and autocast's cached half-precision weight copies under AMP.
+momentum: one fp32 copy; AdamW: two; MuSGD: two for matrices and filters, one otherwise), the EMA copy,
+DDP's gradient buckets (a second fp32 copy of the gradients unless they are bucket views), and autocast's
+cached half-precision weight copies under AMP.
 
 Activations are measured, not guessed: a forward pass in train mode at the run's largest image size,
 with `torch.autograd.graph.saved_tensors_hooks` adding up every distinct tensor autograd keeps for the
@@ -22,7 +23,11 @@ import torch
 
 from yolo_ddp.memory.dali_buffers import DaliBuffers
 
-OPTIMIZER_COPIES = {"SGD": 1, "AdamW": 2, "auto": 2}  # fp32 state tensors per parameter; auto may pick AdamW
+# fp32 state tensors per parameter: SGD momentum; AdamW's two moments; MuSGD (Ultralytics) keeps a Muon momentum
+# and an SGD momentum for the matrices and conv filters it orthogonalises (ndim 2 or 4), one SGD momentum for the
+# rest; auto picks AdamW or MuSGD, so it plans for the larger
+OPTIMIZER_COPIES = {"SGD": lambda p: 1, "AdamW": lambda p: 2, "MuSGD": lambda p: 2 if p.ndim in (2, 4) else 1,
+                    "auto": lambda p: 2}
 BACKWARD_TRANSIENT = 0.25  # activation-gradient buffers alive during backward, as a fraction of saved activations
 GiB = 2**30
 
@@ -73,13 +78,14 @@ class Estimate:
 
 
 def static_bytes(model: torch.nn.Module, optimizer: str, amp: str, world_size: int, ema: bool) -> dict[str, int]:
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # frozen ones get no grad/state
+    trained = [p for p in model.parameters() if p.requires_grad]  # frozen ones get no grad/state
+    n_params = sum(p.numel() for p in trained)
     held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     fp32 = 4
     return {
         "weights": held,
         "gradients": n_params * fp32,
-        "optimizer": n_params * fp32 * OPTIMIZER_COPIES[optimizer],
+        "optimizer": sum(p.numel() * fp32 * OPTIMIZER_COPIES[optimizer](p) for p in trained),
         "ema": held if ema else 0,
         "ddp_buckets": n_params * fp32 if world_size > 1 else 0,
         "amp_weight_cache": n_params * 2 if amp in ("fp16", "bf16") else 0,
