@@ -5,6 +5,7 @@ validates against the Kubeflow CRD schema (a vendored subset: tests/fixtures/k8s
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -56,6 +57,31 @@ def test_copied_sources_exist_and_the_context_skips_the_venv():
                 assert (REPO / source).exists(), f"COPY {source}: not in the repository"
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "outputs" in ignored and ".git" in ignored
+
+
+def installed_top_level_packages() -> set[str]:
+    """Top-level dirs that pyproject.toml's `[tool.setuptools.packages.find] include` matches, as setuptools'
+    finder resolves them (no dotted names: it skips `*.egg-info` and hidden dirs)."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml with tomllib")
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"]
+    return {d.name for d in REPO.iterdir() if d.is_dir() and "." not in d.name
+            and any(fnmatch.fnmatchcase(d.name, pattern) for pattern in include)}
+
+
+def test_every_installed_package_is_in_the_image():
+    """The editable install maps only the packages present when it runs, and the source comes by COPY: each
+    top-level package must be in the skeleton before `pip install -e` and in a COPY (hydra_plugins:
+    hydra/sweeper=optuna)."""
+    packages = installed_top_level_packages()
+    assert {"launcher", "yolo_ddp", "hydra_plugins"} <= packages
+    steps = instructions()
+    copied = {Path(source).parts[0] for op, args in steps if op == "COPY" for source in args.split()[:-1]}
+    [install] = [args for op, args in steps if op == "RUN" and "pip install" in args and " -e " in args]
+    skeleton = {Path(word).parts[0] for word in install.split("pip install")[0].split() if "/" in word or
+                (REPO / word).is_dir()}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+    assert packages <= skeleton, f"not in the skeleton the editable install maps: {sorted(packages - skeleton)}"
 
 
 def test_entry_command_exists_and_starts():
