@@ -142,3 +142,78 @@ def test_no_driver_with_the_real_library_is_a_cpu_topology(capsys):
     assert probe_main([]) == 0
     out = capsys.readouterr().out
     assert "cpu topology" in out and "strategy: allreduce" in out
+
+
+class IdleL40SNode(FakeNvml):
+    """4x L40S on PCIe Gen4 x16 (NODE within a socket, SYS across) whose idle links downshifted to Gen1 x8:
+    NVML's current link is the idle one, its max-link queries the link a job runs on."""
+
+    def __init__(self, max_queries: tuple[str, ...] = ("Max", "GpuMax", "MaxWidth")):
+        ok = pynvml.NVML_P2P_STATUS_OK
+        ancestor = [[0, 40, 50, 50], [40, 0, 50, 50], [50, 50, 0, 40], [50, 50, 40, 0]]
+        super().__init__(["NVIDIA L40S"] * 4, [f"00000000:{0x18 + i:02X}:00.0" for i in range(4)], [[]] * 4,
+                         ancestor, [[ok] * 4 for _ in range(4)], cc=(8, 9), numa=[0, 0, 1, 1])
+        self.max_queries = max_queries
+
+    def _max(self, query: str, value: int) -> int:
+        if query not in self.max_queries:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return value
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, h):
+        return 1
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, h):
+        return 8
+
+    def nvmlDeviceGetMaxPcieLinkGeneration(self, h):
+        return self._max("Max", 4)
+
+    def nvmlDeviceGetGpuMaxPcieLinkGeneration(self, h):
+        return self._max("GpuMax", 4)
+
+    def nvmlDeviceGetMaxPcieLinkWidth(self, h):
+        return self._max("MaxWidth", 16)
+
+
+@pytest.fixture(scope="module")
+def yolov8m_and_x():
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_ddp.sync.cost import Workload
+
+    gflops = {"yolov8m": 78.9, "yolov8x": 257.8}  # Ultralytics' GFLOPs at 640 px
+    return {name: Workload.of_model(DetectionModel(f"{name}.yaml", nc=80, verbose=False), gf, batch_per_rank=16)
+            for name, gf in gflops.items()}
+
+
+def test_an_idle_downshifted_pcie_node_is_planned_at_its_max_link(yolov8m_and_x):
+    """At job start idle GPUs report Gen1: planned on that, the ring looks 8x slower than it is and the cost
+    model picks lossy PowerSGD for yolov8m and yolov8x. The probe reports the max link; the plan is Gen4's."""
+    from yolo_ddp.config import SyncConfig
+    from yolo_ddp.sync.cost import link_speed
+    from yolo_ddp.sync.plan import choose_sync
+    from yolo_ddp.topology.model import JobTopology
+
+    node = probe_nvml(IdleL40SNode())
+    assert {(g.pcie_gen, g.pcie_width) for g in node.gpus} == {(4, 16)}
+    job = JobTopology(nodes=(node,), ranks_per_node=4)
+    speed = link_speed(job.worst_link(), job, SyncConfig().network_gbps)
+    assert speed.gbps == pytest.approx(32.0 * 0.8 * 0.5) and "gen4 x16" in speed.why  # Gen4 x16 over SYS
+    for name, w in yolov8m_and_x.items():
+        plan = choose_sync(SyncConfig(), job, w, 4, "cuda", amp="bf16")
+        assert plan.strategy == "allreduce", (name, plan.describe())
+        assert plan.inputs["link_bandwidth_GBps"] == pytest.approx(12.8)
+    # what the current link would have planned: Gen1 x8, PowerSGD for both
+    idle = type(node)(**{**node.__dict__, "gpus": tuple(type(g)(**{**g.__dict__, "pcie_gen": 1, "pcie_width": 8})
+                                                         for g in node.gpus)})
+    idle_job = JobTopology(nodes=(idle,), ranks_per_node=4)
+    assert {choose_sync(SyncConfig(), idle_job, w, 4, "cuda", amp="bf16").strategy
+            for w in yolov8m_and_x.values()} == {"powersgd"}
+
+
+def test_pcie_max_link_falls_back_when_a_query_is_unsupported():
+    gpu = probe_nvml(IdleL40SNode(max_queries=("GpuMax",))).gpus[0]
+    assert (gpu.pcie_gen, gpu.pcie_width) == (4, 8)  # the GPU's own max gen; width: only the current is known
+    gpu = probe_nvml(IdleL40SNode(max_queries=())).gpus[0]
+    assert (gpu.pcie_gen, gpu.pcie_width) == (1, 8)  # no max query answers: the current link

@@ -3,7 +3,8 @@
 Per GPU pair: active NVLinks (counted per link with `nvmlDeviceGetNvLinkState` and
 `nvmlDeviceGetNvLinkRemotePciInfo`; a link that does not exist raises, which is normal), P2P read
 status, and the PCIe common ancestor. A link whose remote end is an NVSwitch connects its GPU to every
-other switched GPU, so a switched pair gets the smaller of the two GPUs' switch-link counts.
+other switched GPU, so a switched pair gets the smaller of the two GPUs' switch-link counts. Per GPU, the
+PCIe generation and width are the link's maximum, not the downshifted state of an idle GPU.
 """
 
 from __future__ import annotations
@@ -76,6 +77,22 @@ def _nvlinks(nvml: Any, handle: Any, bus_to_index: dict[str, int]) -> tuple[dict
     return per_peer, to_switch
 
 
+def _pcie_link(nvml: Any, handle: Any) -> tuple[int | None, int | None]:
+    """The link's generation and width at full speed. Idle GPUs downshift (often to Gen1), so the current
+    values at job start understate the link the all-reduce will run on: ask for the maximum the GPU and its
+    slot both support, then the GPU's own maximum (it may overstate an older slot), then the current link."""
+    def first(*queries: str) -> int | None:
+        for name in queries:
+            value = _try(getattr(nvml, name), handle) if hasattr(nvml, name) else None
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    gen = first("nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetGpuMaxPcieLinkGeneration",
+                "nvmlDeviceGetCurrPcieLinkGeneration")
+    return gen, first("nvmlDeviceGetMaxPcieLinkWidth", "nvmlDeviceGetCurrPcieLinkWidth")
+
+
 def _cpu_affinity(nvml: Any, handle: Any) -> tuple[int, ...]:
     """The CPUs nearest the GPU: NVML's bitmask, 64 CPUs per word, as CPU ids."""
     words = _try(nvml.nvmlDeviceGetCpuAffinity, handle, -(-(os.cpu_count() or 1) // 64), default=()) or ()
@@ -87,13 +104,13 @@ def _gpu(nvml: Any, index: int, handle: Any) -> GpuInfo:
     cc = _try(nvml.nvmlDeviceGetCudaComputeCapability, handle)
     numa = _try(nvml.nvmlDeviceGetNumaNodeId, handle) if hasattr(nvml, "nvmlDeviceGetNumaNodeId") else None
     pci = _try(nvml.nvmlDeviceGetPciInfo, handle)
+    pcie_gen, pcie_width = _pcie_link(nvml, handle)
     return GpuInfo(
         index=index, name=_text(_try(nvml.nvmlDeviceGetName, handle, default="unknown")),
         memory_mib=int(mem.total) // 2**20 if mem is not None else 0,
         compute_capability=tuple(cc) if cc else None,
         numa_node=numa if isinstance(numa, int) and numa >= 0 else None,
-        pcie_gen=_try(nvml.nvmlDeviceGetCurrPcieLinkGeneration, handle),
-        pcie_width=_try(nvml.nvmlDeviceGetCurrPcieLinkWidth, handle),
+        pcie_gen=pcie_gen, pcie_width=pcie_width,
         uuid=_text(_try(nvml.nvmlDeviceGetUUID, handle, default="")),
         pci_bus_id=_bus_id(pci.busId) if pci is not None else "",
         cpu_affinity=_cpu_affinity(nvml, handle),
