@@ -7,13 +7,18 @@ Without an initialised process group every helper answers as a single process wo
 from __future__ import annotations
 
 import datetime
+import ipaddress
+import logging
 import os
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 def is_dist() -> bool:
@@ -86,6 +91,98 @@ def group_timeout(backend: str, timeout_s: float) -> datetime.timedelta:
     return datetime.timedelta(seconds=timeout_s + (NCCL_GRACE_S if backend == "nccl" else 0.0))
 
 
+# Gloo binds to the address its hostname resolves to; where that is 127.0.1.1 (Debian's /etc/hosts), it binds to
+# loopback and a group across nodes cannot connect. GLOO_SOCKET_IFNAME names the interface instead: as the user
+# set it, else NCCL_SOCKET_IFNAME's (the job's network, as the user chose it for NCCL), else the interface that
+# routes to the rendezvous host (MASTER_ADDR). Where that host is this node's own loopback in a multi-node job,
+# the default route's interface. Set on every rank before any gloo group exists.
+ROUTE_PROBE = "192.0.2.1"  # TEST-NET-1: a UDP connect only looks up the route, it sends nothing
+
+
+def _interface_with(address: str) -> str | None:
+    import psutil  # an Ultralytics dependency
+
+    ip = ipaddress.ip_address(address.split("%")[0])
+    for name, addrs in psutil.net_if_addrs().items():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                mine = ipaddress.ip_address(a.address.split("%")[0])
+                if mine == ip or (ip.is_loopback and mine.is_loopback):
+                    return name
+    return None
+
+
+def route_interface(host: str) -> tuple[str | None, bool]:
+    """(the local interface whose address routes to `host`, whether that is loopback); (None, False) where the
+    host does not resolve or has no route."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return None, False
+    for family, _, _, _, sockaddr in infos:
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((sockaddr[0], 9))
+                local = s.getsockname()[0]
+        except OSError:
+            continue
+        name = _interface_with(local)
+        if name:
+            return name, ipaddress.ip_address(local.split("%")[0]).is_loopback
+    return None, False
+
+
+def _from_nccl(value: str) -> str | None:
+    """NCCL_SOCKET_IFNAME as one interface gloo can bind: `=eth0` exact, `eth` a prefix of local names; its
+    exclusion form (`^docker`) names no interface. One only: gloo wants as many on every rank."""
+    import psutil
+
+    if value.startswith("^"):
+        return None
+    exact = value.startswith("=")
+    wanted = [v for v in value.lstrip("=").split(",") if v]
+    local = sorted(psutil.net_if_addrs())
+    for w in wanted:
+        hits = [name for name in local if (name == w if exact else name.startswith(w))]
+        if hits:
+            return hits[0]
+    return None
+
+
+def _spans_nodes(env: Mapping[str, str]) -> bool:
+    world = int(env.get("WORLD_SIZE", 1))
+    return world > int(env.get("LOCAL_WORLD_SIZE", world))
+
+
+def gloo_interface(env: Mapping[str, str]) -> tuple[str | None, str]:
+    """The GLOO_SOCKET_IFNAME to set, and why; None: leave the environment as it is."""
+    if env.get("GLOO_SOCKET_IFNAME"):
+        return None, "GLOO_SOCKET_IFNAME as set"
+    if env.get("NCCL_SOCKET_IFNAME") and (name := _from_nccl(env["NCCL_SOCKET_IFNAME"])):
+        return name, f"NCCL_SOCKET_IFNAME={env['NCCL_SOCKET_IFNAME']}"
+    master = env.get("MASTER_ADDR")
+    if not master:
+        return None, "no rendezvous address (MASTER_ADDR)"
+    name, loopback = route_interface(master)
+    if loopback and _spans_nodes(env):
+        name, _ = route_interface(ROUTE_PROBE)
+        return name, f"the default route's interface: MASTER_ADDR={master} is this node's loopback, the job spans nodes"
+    return name, f"the route to MASTER_ADDR={master}"
+
+
+def set_gloo_interface() -> None:
+    """Put gloo's interface into this rank's environment (a value the user set wins); call before gloo groups."""
+    name, why = gloo_interface(os.environ)
+    if name:
+        os.environ["GLOO_SOCKET_IFNAME"] = name
+        log.info("gloo binds to %s (%s); set GLOO_SOCKET_IFNAME to choose another", name, why)
+    elif not os.environ.get("GLOO_SOCKET_IFNAME") and _spans_nodes(os.environ):
+        log.warning("No network interface found for gloo's groups across nodes (%s): gloo binds to the address "
+                    "this host's name resolves to, which fails where that is 127.0.1.1. Set GLOO_SOCKET_IFNAME to "
+                    "the interface the nodes reach each other on (as NCCL_SOCKET_IFNAME), e.g. "
+                    "GLOO_SOCKET_IFNAME=eth0, on every node.", why)
+
+
 def host_group(timeout_s: float) -> Any:
     """A group for small flags that never waits for a GPU stream: the job's own group under gloo, beside NCCL a
     gloo group with dist.timeout_s (`new_group` without `timeout=` would wait 30 minutes). None without a group."""
@@ -93,6 +190,7 @@ def host_group(timeout_s: float) -> Any:
         return None
     if dist.get_backend() == "gloo":
         return dist.group.WORLD
+    set_gloo_interface()
     return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
@@ -109,6 +207,7 @@ def init_process_group(timeout_s: float, backend: str = "auto") -> torch.device:
         kwargs: dict[str, Any] = {"timeout": group_timeout(backend, timeout_s)}
         if backend == "nccl":
             kwargs["device_id"] = device  # eager NCCL init: a bad GPU fails here, not in the first all-reduce
+        set_gloo_interface()  # the job's group under gloo, the host-side group beside NCCL
         dist.init_process_group(backend=backend, **kwargs)
     return device
 
