@@ -152,14 +152,66 @@ def test_batches_come_as_a_channels_last_view_of_dalis_hwc_output(tmp_path: Path
     assert train["img"].is_contiguous(memory_format=torch.channels_last)
 
 
+def cpus(monkeypatch: pytest.MonkeyPatch, allowed: int, quota: float | None, node: int = 128) -> None:
+    """A rank allowed `allowed` CPUs (affinity) under a cgroup quota of `quota` CPUs, on a `node`-CPU machine."""
+    monkeypatch.setattr("os.cpu_count", lambda: node)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(allowed)))
+    monkeypatch.setattr("yolo_ddp.topology.affinity.cgroup_cpu_quota", lambda: quota)
+
+
 def test_source_workers_auto_is_parallel_on_a_gpu_and_inline_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    cpus(monkeypatch, allowed=16, quota=None, node=16)
     assert DaliSettings(device_id=0).source_workers() == 4  # the default (-1) on a 16-core GPU node
     assert DaliSettings(device_id=None).source_workers() == 0  # DALI's CPU threads have the cores already
     assert DaliSettings(device_id=0, py_workers=0).source_workers() == 0  # an explicit choice stands
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert DaliSettings(device_id=0).source_workers() == 1  # 2 cores per rank
+
+
+def test_source_workers_follow_the_ranks_cpus_not_the_machines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.cpu_count() is the machine's 128 CPUs; the rank may use fewer: its affinity, the container's quota."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    cpus(monkeypatch, allowed=4, quota=None)  # a cpuset of 4 CPUs (or pinned to them)
+    assert DaliSettings(device_id=0).source_workers() == 2
+    assert DaliSettings(device_id=None).num_threads() == 4
+    cpus(monkeypatch, allowed=128, quota=2.5)  # docker --cpus=2.5: every CPU visible, 2.5 CPUs of time
+    assert DaliSettings(device_id=0).source_workers() == 1
+    assert DaliSettings(device_id=None).num_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    cpus(monkeypatch, allowed=64, quota=16.0)  # pinned to a 64-CPU NUMA node, 16 CPUs for the 8 ranks
+    assert DaliSettings(device_id=0).source_workers() == 1
+    assert DaliSettings(device_id=None).num_threads() == 2
+
+
+def test_validation_runs_its_source_inline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No parallel-source processes idle between evaluations, whatever data.dali.py_workers says."""
+    cpus(monkeypatch, allowed=16, quota=None, node=16)
+    assert DaliSettings(device_id=0).source_workers(train=False) == 0
+    assert DaliSettings(device_id=0, py_workers=4).source_workers(train=False) == 0
+    loader = DaliValLoader(make_index(tmp_path, 4), 64, 2, 0, 1, DaliSettings(device_id=None, threads=1,
+                                                                               py_workers=2))
+    assert len(list(loader)) == 2
+    assert all(pipe._py_pool is None for pipe in loader._it._pipes)  # DALI started no worker pool
+
+
+def test_cgroup_cpu_quota_v2_and_v1(tmp_path: Path) -> None:
+    from yolo_ddp.topology.affinity import cgroup_cpu_quota
+
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/kubepods/pod1/ctr\n")
+    (tmp_path / "kubepods/pod1/ctr").mkdir(parents=True)
+    assert cgroup_cpu_quota(tmp_path, proc) is None  # no cpu.max anywhere: no quota
+    (tmp_path / "kubepods/pod1/ctr/cpu.max").write_text("max 100000\n")
+    (tmp_path / "kubepods/pod1/cpu.max").write_text("400000 100000\n")
+    assert cgroup_cpu_quota(tmp_path, proc) == 4.0  # the pod's limit binds its container too
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert cgroup_cpu_quota(tmp_path, proc) == 2.5  # the smallest along the path
+    proc.write_text("2:cpuacct:/\n1:cpu:/docker/abc\n0::/\n")
+    (tmp_path / "cpu/docker/abc").mkdir(parents=True)
+    (tmp_path / "cpu/docker/abc/cpu.cfs_quota_us").write_text("150000\n")
+    (tmp_path / "cpu/docker/abc/cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path, proc) == 1.5
     from yolo_ddp.config import DaliConfig
 
     assert DaliConfig().py_workers == -1

@@ -38,6 +38,7 @@ from yolo_ddp.data.dataset import DatasetIndex
 from yolo_ddp.data.torch_loader import check_batches_per_epoch
 from yolo_ddp.memory.dali_buffers import is_dali_out_of_memory
 from yolo_ddp.memory.oom import OOMUnrecoverable
+from yolo_ddp.topology.affinity import cpus_per_rank
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +54,31 @@ class DaliSettings:
     def gpu(self) -> bool:
         return self.device_id is not None
 
-    def source_workers(self) -> int:
-        """Auto: on a GPU the per-sample source (file reads, augmentation parameters, box arithmetic) in the
-        training thread would hold the GPU back, so up to 4 processes per rank (half the rank's cores) run it;
-        on CPU, 0: DALI's CPU threads already take every core and a worker would only compete with them."""
+    def source_workers(self, train: bool = True) -> int:
+        """Auto: on a GPU the per-sample training source (file reads, augmentation parameters, box arithmetic) in
+        the training thread would hold the GPU back, so up to 4 processes per rank (half the rank's CPUs: its
+        affinity and the cgroup quota, `cpus_per_rank`) run it; on CPU, 0: DALI's CPU threads already take every
+        core and a worker would only compete with them. Validation always runs its source inline: its samples
+        are a file read and a letterbox, and a parallel source's processes (each importing torch and
+        Ultralytics) would stay alive, idle, between evaluations for the whole run."""
+        if not train:
+            return 0
         if self.py_workers >= 0:
             return self.py_workers
         if not self.gpu:
             return 0
-        cores = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        return min(4, max(1, cores // 2))
+        return min(4, max(1, cpus_per_rank(_local_world()) // 2))
 
     def num_threads(self) -> int:
         if self.threads:
             return self.threads
         if self.gpu:  # the GPU does the pixel work; threads only feed it
             return 4
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        return max(1, (os.cpu_count() or 1) // local_world)
+        return cpus_per_rank(_local_world())
+
+
+def _local_world() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
 def _image(encoded, size, start, shape, interp, gpu: bool):
@@ -82,7 +90,7 @@ def _image(encoded, size, start, shape, interp, gpu: bool):
 def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: Augment, train: bool) -> Pipeline:
     k = TILE_OUTPUTS
     n_out = k * tiles + (7 if train else 3)
-    workers = settings.source_workers()
+    workers = settings.source_workers(train)
     # Parallel sources run in spawned processes (no fork beside a CUDA context); the sources are picklable.
     pipe = Pipeline(batch_size=batch, num_threads=settings.num_threads(), device_id=settings.device_id,
                     prefetch_queue_depth=settings.prefetch, py_num_workers=max(1, workers),
