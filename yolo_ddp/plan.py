@@ -128,7 +128,8 @@ def make_plan(
     # Ultralytics' accumulation toward the nominal batch, capped by the run's batches (`_build_train_pipeline`).
     accumulate = min(max(round(train.nbs / train.batch), 1), nb * train.epochs)
     effective = batch_per_rank * world_size * accumulate
-    sync_bn = {"on": True, "off": False}.get(train.sync_bn, world_size > 1 and batch_per_rank < train.sync_bn_below)
+    below = train.sync_bn_below if device_type == "cuda" else train.sync_bn_below_cpu
+    sync_bn = {"on": True, "off": False}.get(train.sync_bn, world_size > 1 and batch_per_rank < below)
     return RunPlan(
         world_size=world_size,
         global_batch=train.batch,

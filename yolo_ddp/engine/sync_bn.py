@@ -1,10 +1,11 @@
-"""SyncBatchNorm for every device: torch's on GPUs, a collective-based one on CPU.
+"""SyncBatchNorm for every device: torch's on GPUs (or ours, `train.sync_bn_impl=collective`), ours on CPU.
 
 torch.nn.SyncBatchNorm refuses CPU tensors (its kernels are CUDA-only), yet a CPU/gloo job with a
 small per-rank batch has the same BatchNorm-statistics problem. On CPU the statistics are summed
 with `torch.distributed.nn.functional.all_reduce`, which is differentiable, so autograd produces the
 same gradients as one process on the union batch (the backward all-reduces the gradient sums, as
-torch's CUDA implementation does).
+torch's CUDA implementation does). On GPUs it is one all-reduce of 2C+1 moments per layer and no host sync,
+where torch's all-gathers per-rank statistics and then indexes them with a boolean mask, which blocks the host.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def _swap_batchnorm(module: nn.Module, match: tuple[type, ...], new_type: type[n
     return out
 
 
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    if device.type == "cuda":
+def convert_sync_batchnorm(model: nn.Module, device: torch.device, impl: str = "torch") -> nn.Module:
+    """torch's SyncBatchNorm on GPUs when `impl` is "torch" (`train.sync_bn_impl`); ours everywhere else."""
+    if device.type == "cuda" and impl == "torch":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _swap_batchnorm(model, (nn.BatchNorm2d,), CollectiveBatchNorm2d)
 
