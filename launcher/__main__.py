@@ -61,7 +61,7 @@ class JobFailed(RuntimeError):
 
 def spawn_job(cfg: DictConfig) -> dict:
     from launcher.job.slurm import node_task
-    from launcher.job.spawn import launch_workers, resolve_nproc
+    from launcher.job.spawn import launch_job, resolve_nproc, write_config
 
     typed = to_config(cfg)  # fail here, in one process, before any worker starts
     task = node_task()
@@ -110,10 +110,10 @@ def spawn_job(cfg: DictConfig) -> dict:
                      f"no worker started")
             return {"infeasible": True}
     resolved = run_dir / f"resolved_config{per_node}.yaml"
-    resolved.write_text(OmegaConf.to_yaml(OmegaConf.structured(typed)))
+    write_config(typed, resolved)
     log.info(f"{label}: {nproc} worker(s) per node x {typed.launcher.nnodes} node(s), run dir {run_dir}")
     try:
-        launch_workers(resolved, nproc, typed.launcher, run_id=task.run_id if task else f"{run_id()}-{run_dir.name}")
+        launch_job(typed, resolved, nproc, run_id=task.run_id if task else f"{run_id()}-{run_dir.name}")
     except ChildFailedError as e:
         codes = ", ".join(f"rank {r}: exit {f.exitcode}" for r, f in sorted(e.failures.items()))
         raise JobFailed(f"{label} failed ({codes}). The ranks' messages are above; each rank's log is in "

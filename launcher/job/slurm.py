@@ -1,7 +1,7 @@
 """A sweep point run by submitit (`hydra/launcher=slurm`; `submitit_local` in tests): one task per node.
 
 hydra-submitit-launcher runs the whole Hydra job in every task of the job. With one task per node, each
-task is its node's elastic agent: it calls the same `launch_workers` as a local run, starting
+task is its node's elastic agent: it calls the same `launch_job` as a local run, starting
 `launcher.nproc_per_node` workers, and the nodes meet at a c10d rendezvous. Every value comes from the
 allocation, so all nodes derive the same ones without talking to each other:
 - nnodes: the job's node count (SLURM_JOB_NUM_NODES); node ranks are assigned by the rendezvous;

@@ -3,9 +3,11 @@
 - SIGTERM / SIGINT (Ctrl-C, a scheduler's preemption) only set a flag. The ranks agree on it in the optimizer
   step's one host-side check (with the OOM flag, yolo_ddp/memory/oom.py); after that step rank 0 writes
   `last.pt`, and every rank exits with 128 + the signal number; `train.resume=true` continues from that step.
-- `train.save_every_steps` writes `last.pt` every N optimizer steps inside an epoch, after a barrier proves
-  every rank finished that step, so a crash loses at most N steps and never leaves a checkpoint claiming
-  work some rank had not done.
+- `train.save_every_s` (default 120) writes `last.pt` inside an epoch once that long has passed since the last
+  checkpoint, and `train.save_every_steps` every N optimizer steps; each after a barrier proves every rank
+  finished that step, so a crash (or an OOM restart, yolo_ddp/memory/oom.py) redoes at most that much and
+  never resumes from a checkpoint claiming work some rank had not done. The time is agreed in the step's host
+  check, so every rank saves after the same step.
 """
 
 from __future__ import annotations
@@ -61,11 +63,14 @@ def after_step_hook(stop: StopSignal, guard: OOMGuard, heartbeat: Heartbeat, sav
         stopping = guard.stopping  # agreed at this step's host check (OOMGuard), the same on every rank
         # The epoch loop checkpoints epoch ends itself.
         end_of_epoch = schedule.first_step(schedule.epoch_of(state.step)) == state.step
-        periodic = save_every_steps > 0 and state.step % save_every_steps == 0 and not end_of_epoch
+        every_n = save_every_steps > 0 and state.step % save_every_steps == 0
+        periodic = (guard.save_due or every_n) and not end_of_epoch  # save_due: train.save_every_s
         if stopping or periodic:
             dist.barrier(guard.group)  # every rank finished this step before rank 0 records it; host-side
             if dist.get_rank() == 0:
                 save()
+        if stopping or periodic or end_of_epoch:
+            guard.checkpointed()  # the time-based clock restarts on every rank
         return stopping
 
     return after_step

@@ -29,7 +29,7 @@ from yolo_ddp.engine.loss_norm import LossNormaliser
 from yolo_ddp.engine.optim import set_step_momentum
 from yolo_ddp.engine.sync_bn import has_collective_norm
 from yolo_ddp.logging import NullWriter, StepWindow, peak_memory_gib
-from yolo_ddp.memory.oom import OOMGuard, split_batch
+from yolo_ddp.memory.oom import OOMGuard, is_out_of_memory, split_batch
 from yolo_ddp.memory.run import STRIDE
 from yolo_ddp.plan import RunPlan
 from yolo_ddp.schedule import StepSchedule
@@ -171,7 +171,9 @@ def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext,
                         loss, items = s.criterion(s.forward(img), targets)
                     if s.norm is not None:
                         loss = s.norm.micro_loss(loss, len(img), step_images)
-                except torch.OutOfMemoryError:
+                except RuntimeError as e:  # torch.OutOfMemoryError, or a cuDNN/cuBLAS/NCCL allocation failure
+                    if not is_out_of_memory(e):
+                        raise
                     guard.refuse_if_collective_forward(collective_norm, s.step, ctx.plan.batch_per_rank)
             if final and guard.agreed(loss is None):  # the step's one host check; no gradient all-reduce yet
                 if ddp:  # this forward armed DDP's reducer: every rank must finish one backward
@@ -183,7 +185,9 @@ def forward_backward(s: TrainState, batches: list[dict], ctx: StepContext,
                 continue
             try:
                 s.scaler.scale(loss.sum() * world).backward()
-            except torch.OutOfMemoryError:
+            except RuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
                 if (final and ddp) or collective_norm:  # peers wait inside an all-reduce this rank left
                     guard.fail_in_sync(s.step, ctx.plan.batch_per_rank)
                 if final:  # one process: nothing in flight, redo the step
