@@ -10,6 +10,8 @@ Runs both as subprocesses on the synthetic PCB set, alternating A B A B (--pairs
   steps.csv, Ultralytics' from its batch callbacks (its on_train_batch_start runs once the batch is there).
 - GPU utilisation (CUDA only): NVML's mean over the steady epochs, sampled every 100 ms.
 Augmentation is the same on both sides: letterbox, HSV and flip; no mosaic, scale or translate.
+Where polars is not installed (the GPU image), Ultralytics' trainer reads its results.csv with the csv module
+instead (it only stores it in the checkpoint); nothing else it runs here needs polars.
 `--variant NAME=OVERRIDES` (repeatable) runs several configurations of our trainer in each round, each
 with extra Hydra overrides, so the speed switches are measured against the same Ultralytics runs:
   --variant plain="train.channels_last=false train.fused_optimizer=false" --variant default=
@@ -41,6 +43,18 @@ OUT = REPO / "bench" / "out"
 ULTRALYTICS_SNIPPET = r"""
 import json, sys, time
 from ultralytics import YOLO
+try:
+    import polars
+except ImportError:  # not on the GPU image; Ultralytics reads its results.csv with it, for the checkpoint only
+    import csv
+    from ultralytics.engine.trainer import BaseTrainer
+    def read_results_csv(trainer):  # what polars' read_csv(...).to_dict(as_series=False) gives for this CSV
+        try:
+            header, *rows = csv.reader(trainer.csv.read_text().splitlines())
+        except (OSError, ValueError):
+            return {}
+        return {k: [float(v) for v in col] for k, col in zip(header, zip(*rows))} if rows else {}
+    BaseTrainer.read_results_csv = read_results_csv
 args = json.loads(sys.argv[1])
 ends, walls, first, last, wait = [], [], [], [None], [0.0, 0.0]
 def batch_start(trainer):

@@ -4,16 +4,45 @@ Also `hydra/sweeper=optuna`: the Optuna sweeper plugin's own config, with our su
 that survives re-runs, hydra_plugins/yolo_ddp_optuna_sweeper/), the study's SQLite storage in the sweep dir, and the search
 space from conf/search/. It replaces the plugin's entry of the same name, so Hydra's plugin scan (which runs
 each plugin module, and with it the plugin's own `store`) is done first; the scan runs once per process.
+The sweeper is optional (the GPU image has neither the plugin nor optuna): without it nothing is registered
+for it, and `hydra/sweeper=optuna` is refused with what to install (`refuse_missing_optuna`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
 from yolo_ddp.config import Config
+
+# The versions pyproject.toml pins; optuna 2.10's study storage predates SQLAlchemy 2.
+OPTUNA_INSTALL = "pip install hydra-optuna-sweeper==1.2.0 optuna==2.10.1 SQLAlchemy==1.4.54"
+
+
+def optuna_sweeper_missing() -> str | None:
+    """The first of the Optuna sweeper's packages (Hydra's plugin, optuna) that is not installed, else None."""
+    for module in ("hydra_plugins.hydra_optuna_sweeper", "optuna"):
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except ImportError:
+            return module
+    return None
+
+
+def refuse_missing_optuna(overrides: list[str]) -> None:
+    """`hydra/sweeper=optuna` without the optional sweeper installed: one paragraph saying what to install."""
+    chosen = any(o.lstrip("+~").partition("=")[::2] == ("hydra/sweeper", "optuna") for o in overrides)
+    missing = optuna_sweeper_missing() if chosen else None
+    if missing:
+        raise ValueError(
+            f"hydra/sweeper=optuna needs the optional Optuna sweeper, and `{missing}` is not installed in this "
+            f"environment. Install it with `{OPTUNA_INSTALL}` (the versions pinned in pyproject.toml) and run the "
+            "same command again; everything else in the launcher works without it."
+        )
 
 
 def _optuna_sweeper_conf() -> type:
@@ -42,4 +71,5 @@ def _optuna_sweeper_conf() -> type:
 def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
-    store.store(group="hydra/sweeper", name="optuna", node=_optuna_sweeper_conf(), provider="yolo_ddp")
+    if optuna_sweeper_missing() is None:
+        store.store(group="hydra/sweeper", name="optuna", node=_optuna_sweeper_conf(), provider="yolo_ddp")

@@ -75,7 +75,7 @@ def _count_worker(rank: int, port: int, out: str, accumulate: int, steps: int) -
     from yolo_ddp.config import SyncConfig
     from yolo_ddp.engine.faults import StopSignal, after_step_hook
     from yolo_ddp.engine.heartbeat import Heartbeat
-    from yolo_ddp.sync.ddp import wrap_ddp
+    from yolo_ddp.sync.ddp import buffer_sync_flag, wrap_ddp
     from yolo_ddp.sync.plan import SyncPlan
 
     _init(rank, port)
@@ -95,7 +95,7 @@ def _count_worker(rank: int, port: int, out: str, accumulate: int, steps: int) -
         dist.all_reduce = counter.real
     params = torch.cat([p.detach().flatten() for p in trainable])
     torch.save({"host_collectives": counter.n, "step": state.step, "params": params,
-                "bucket_view": ddp.gradient_as_bucket_view, "forward_sync": ddp.forward_sync_buffers},
+                "bucket_view": ddp.gradient_as_bucket_view, "forward_sync": getattr(ddp, buffer_sync_flag(type(ddp)))},
                Path(out) / f"c{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+try:
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError:  # the optional plugin is not installed: the scan finds no sweeper here, and the launcher
+    pass  # refuses hydra/sweeper=optuna with what to install (launcher/store.py)
+else:
 
+    class ResumableOptunaSweeper(OptunaSweeper):
+        def __init__(self, objectives: list[str], **plugin_args: Any) -> None:
+            from ._impl import ResumableOptunaSweeperImpl
 
-class ResumableOptunaSweeper(OptunaSweeper):
-    def __init__(self, objectives: list[str], **plugin_args: Any) -> None:
-        from ._impl import ResumableOptunaSweeperImpl
-
-        self.sweeper = ResumableOptunaSweeperImpl(list(objectives), **plugin_args)
+            self.sweeper = ResumableOptunaSweeperImpl(list(objectives), **plugin_args)

@@ -3,6 +3,7 @@ and the two DDP states the OOM recovery (yolo_ddp/engine/loop.py) has to keep eq
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,19 +58,31 @@ def plan_sync(cfg: SyncConfig, node: NodeTopology, model: torch.nn.Module, imgsz
     return dist.broadcast_object(plan)
 
 
+def buffer_sync_flag(ddp_class: type) -> str:
+    """DDP's name for "broadcast buffers before every forward": `forward_sync_buffers` from torch 2.13 on,
+    `broadcast_buffers` before (read off the signature). It is also the attribute that holds the flag."""
+    params = inspect.signature(ddp_class.__init__).parameters
+    return "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device, plan: SyncPlan, cfg: SyncConfig) -> DDP:
     """DDP as Ultralytics configures it, plus gradients that are views into the all-reduce buckets.
 
     - `forward_sync_buffers=False` (Ultralytics' `broadcast_buffers=False`): no buffer broadcast before every
       forward. Rank 0's BatchNorm statistics still reach every rank at construction, SyncBatchNorm keeps them
       equal from global statistics, and otherwise what reads them on every rank (distributed validation) gets
-      rank 0's first (`train.weights_to_validate`); checkpoints are rank 0's.
+      rank 0's first (`train.weights_to_validate`); checkpoints are rank 0's. Torch before 2.13 has only
+      `broadcast_buffers=False`, which also leaves buffers out of the sync at construction: there they are
+      broadcast here first, so both mean the same.
     - `gradient_as_bucket_view=True`: no copy between `.grad` and the buckets, one gradient-sized buffer less.
       Everything that touches gradients here works in place (loss-normaliser `_foreach_mul_`, clipping,
       GradScaler's unscale, comm hooks) or drops them with `zero_grad(set_to_none=True)`, which DDP supports.
     """
+    flag = buffer_sync_flag(DDP)
+    if flag == "broadcast_buffers":
+        dist.broadcast_buffers(model)
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=plan.bucket_cap_mb,
-              forward_sync_buffers=False, gradient_as_bucket_view=True)
+              gradient_as_bucket_view=True, **{flag: False})
     register_comm_hook(ddp, plan.strategy, cfg)
     return ddp
 
@@ -78,11 +91,13 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, plan: SyncPlan, cfg: 
 def forward_alone(model: DDP) -> Iterator[None]:
     """A forward only this rank runs (joining an armed reducer after an OOM) must not broadcast buffers: its
     peers run no forward to match the broadcast, so NCCL would hang and gloo fail."""
-    saved, model.forward_sync_buffers = model.forward_sync_buffers, False
+    flag = buffer_sync_flag(type(model))
+    saved = getattr(model, flag)
+    setattr(model, flag, False)
     try:
         yield
     finally:
-        model.forward_sync_buffers = saved
+        setattr(model, flag, saved)
 
 
 def restart_step(model: DDP) -> None:
