@@ -7,22 +7,32 @@
 #   amp         one short training run each in bf16 and fp16 AMP through torchrun (NCCL, GradScaler for fp16)
 #   memory      memory planner estimate vs torch.cuda.max_memory_allocated (bench/memory_vs_peak.py)
 #   throughput  our trainer vs Ultralytics img/s, yolov8n at 640, batch 64, bf16, torch DataLoader backend
+#   syncbn      BN across ranks: tests/test_sync_bn.py (ours == torch's SyncBatchNorm on the GPU, outputs and
+#               gradients) and bench/sync_bn.py (step time of per-rank BN, ours, torch's; 8 images per rank at
+#               640, 2 ranks on the one GPU over gloo): the numbers behind train.sync_bn_below (docs/scaling.md)
 #   dali        DALI `mixed` decode parity tests + DALI's GPU memory vs the plan's budget; skipped (with a line)
 #               where DALI does not import
 # Each stage runs under its own `timeout`, capped by what is left of the 8-minute deadline (a stage that
 # would start with under 20 s left is skipped). Logs, CSVs and summary.txt go to $OUT (bench/out here).
 # The device image lacks the project's pure-Python dependencies: `bash bench/gpu_session.sh wheels` (here, with
-# PyPI) puts them in .whl, which the device call carries (carry: [".whl"]); they are installed first there.
-# CPU_SMOKE=1 runs every stage tiny on the CPU (gloo, no AMP), to prove the script's plumbing without a GPU.
+# PyPI) puts them in .whl, which the device call carries (carry: [".whl"]); they are installed first there
+# (pip --target $SITE, default /tmp/site). The exact device call is in bench/RESULTS.md ("image smoke").
+# CPU_SMOKE=1 runs every stage tiny on the CPU (gloo, no AMP; amp with 2 ranks, so DDP wraps the model), to prove
+# the script's plumbing without a GPU.
+# `bash bench/gpu_session.sh image-smoke [STAGES]` (here, not on the device) runs the CPU_SMOKE stages in a venv
+# of the device image's packages only: torch 2.11, torchvision 0.26, numpy, OpenCV, ... and no hydra, optuna,
+# polars or DALI (built once, from PyPI, in $IMAGE_VENV, default /tmp/yolo-ddp-image-venv), with the .whl wheels
+# installed as the device installs them. It fails where the device would, here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}; mkdir -p "$OUT"
 export YOLO_OFFLINE=1 WANDB_SILENT=true WANDB_MODE=disabled PYTHONUNBUFFERED=1 YOLO_DDP_OUTPUTS=/tmp/yd_out
 PY=${PYTHON:-python3}
+SITE=${SITE:-/tmp/site}  # where the carried wheels are installed
 SMOKE=${CPU_SMOKE:-0}
 BUDGET_S=${BUDGET_S:-470}  # 8 minutes less the wheel install and the summary
 START=$(date +%s)
-ALL=(doctor nccl amp memory throughput dali)
+ALL=(doctor nccl amp memory throughput syncbn dali)
 
 if [ "${1:-}" = wheels ]; then  # here, not on the device: the project's deps the device image lacks
   rm -rf .whl && mkdir -p .whl
@@ -34,26 +44,45 @@ if [ "${1:-}" = wheels ]; then  # here, not on the device: the project's deps th
     hydra-submitit-launcher==1.2.0 && du -sh .whl && ls .whl
   exit $?
 fi
-INNER=${1:-}  # __amp / __dali: a stage's steps, run by this script itself under the stage's timeout
+if [ "${1:-}" = image-smoke ]; then  # here, not on the device: the device's package set, then CPU_SMOKE in it
+  shift
+  VENV=${IMAGE_VENV:-/tmp/yolo-ddp-image-venv}
+  if [ ! -f "$VENV/.built" ]; then  # the image's Python (3.12) and the image's packages our code and Ultralytics use
+    base=""
+    for c in python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do "$c" -c "" 2>/dev/null && { base=$c; break; }; done
+    rm -rf "$VENV" && "${base:-python3}" -m venv "$VENV" || exit 1
+    "$VENV/bin/python" -m pip install -q torch==2.11.0 torchvision==0.26.0 numpy opencv-python-headless pillow \
+      matplotlib pandas scipy pyyaml psutil requests tqdm nvidia-ml-py pytest httpx packaging cloudpickle \
+      typing-extensions || exit 1
+    touch "$VENV/.built"
+  fi
+  ls .whl/*.whl >/dev/null 2>&1 || bash "$0" wheels || exit 1
+  "$VENV/bin/python" -c "import sys, torch; print('image-smoke: Python', sys.version.split()[0], 'torch', torch.__version__)"
+  rm -rf /tmp/image-smoke-site  # a new device has no installed wheels
+  [ "$OUT" = bench/out ] && OUT=bench/out/image-smoke
+  env -u PYTHONPATH PYTHON="$VENV/bin/python" SITE=/tmp/image-smoke-site CPU_SMOKE=1 OUT="$OUT" bash "$0" "$@"
+  exit $?
+fi
+INNER=${1:-}  # __amp / __syncbn / __dali: a stage's steps, run by this script itself under the stage's timeout
 if [ "${INNER:0:2}" != __ ]; then
   for s in "$@"; do
-    [[ " ${ALL[*]} " == *" $s "* ]] || { sed -n 2,16p "$0"; echo "unknown stage: $s"; exit 2; }
+    [[ " ${ALL[*]} " == *" $s "* ]] || { sed -n '2,/^set /{/^#/p}' "$0"; echo "unknown stage: $s"; exit 2; }
   done
 fi
 STAGES=("${ALL[@]}")
 [ $# -gt 0 ] && STAGES=("$@")
 
 if [ "${INNER:0:2}" != __ ] && [ -d .whl ] && ls .whl/* >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/* \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/* \
     2>&1 | tail -3
 fi
-[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}  # the carried wheels, staged DALI
+[ -d "$SITE" ] && export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}  # the carried wheels, staged DALI
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # bench scripts import this checkout's yolo_ddp
 
 if [ "$SMOKE" = 1 ]; then
-  DEV=cpu; IMGSZ=64; NTRAIN=16; BATCH=4; MODELS=yolov8n.yaml; AMPS="off"; WORKERS=0
+  DEV=cpu; IMGSZ=64; NTRAIN=16; BATCH=4; MODELS=yolov8n.yaml; AMPS="off"; WORKERS=0; RANKS=2
 else
-  DEV=0; IMGSZ=640; NTRAIN=1024; BATCH=64; MODELS=yolov8n.yaml,yolov8s.yaml; AMPS="off,bf16,fp16"; WORKERS=12
+  DEV=0; IMGSZ=640; NTRAIN=1024; BATCH=64; MODELS=yolov8n.yaml,yolov8s.yaml; AMPS="off,bf16,fp16"; WORKERS=12; RANKS=1
 fi
 SUMMARY="$OUT/summary.txt"
 
@@ -75,7 +104,7 @@ stage() {
     "$(grep -vE '^\s*$|^===' "$OUT/$name.log" | grep -E "${PICK:-.}" | tail -n 1 | cut -c1-150)" >> "$SUMMARY"
 }
 
-run_amp() {  # one short run per precision through torchrun (NCCL on a GPU, gloo on CPU)
+run_amp() {  # one short run per precision through torchrun (NCCL on the one GPU, 2 gloo ranks on CPU)
   local small="data.synthetic.n_train=$((NTRAIN / 4)) data.synthetic.n_val=32 data.synthetic.image_size=$IMGSZ"
   small="$small data.imgsz=$IMGSZ train.batch=$((BATCH / 2)) train.epochs=1 data.workers=$WORKERS logger=csv"
   small="$small data.backend=torch data.cache_dir=/tmp/yd_cache"
@@ -83,11 +112,18 @@ run_amp() {  # one short run per precision through torchrun (NCCL on a GPU, gloo
   for amp in $amps; do
     echo "--- amp=$amp"
     # shellcheck disable=SC2086
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m launcher +experiment=pcb_defects \
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node=$RANKS -m launcher +experiment=pcb_defects \
       train=default $small train.amp=$amp 2>&1 | grep -E "amp|plan|img/s|mAP|error|Error|Traceback" | tail -12
     [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
   done
   echo "amp: $amps steps trained"
+}
+
+run_syncbn() {  # ours vs torch's SyncBatchNorm: same numbers (GPU test), then what each costs per step
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_sync_bn.py 2>&1 | tail -3
+  [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+  "$PY" bench/sync_bn.py --device "$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)" --imgsz "$IMGSZ" \
+    --batch "$((BATCH / 8 > 1 ? BATCH / 8 : 2))" --amp "$([ "$SMOKE" = 1 ] && echo off || echo bf16)" && cp bench/out/sync_bn.csv "$OUT/"
 }
 
 run_dali() {
@@ -101,6 +137,7 @@ run_dali() {
 
 case $INNER in
   __amp) run_amp; exit $? ;;
+  __syncbn) run_syncbn; exit $? ;;
   __dali) run_dali; exit $? ;;
 esac
 : > "$SUMMARY"
@@ -115,6 +152,7 @@ for s in "${STAGES[@]}"; do
     throughput) PICK="ultralytics per round" stage throughput 170 "$PY" bench/train_throughput.py --device "$DEV" --model yolov8n.yaml \
       --imgsz "$IMGSZ" --batch "$BATCH" --epochs 3 --amp "$([ "$SMOKE" = 1 ] && echo off || echo bf16)" \
       --workers "$WORKERS" --n-train "$NTRAIN" --pairs 1 --backend torch ;;
+    syncbn) PICK="^(collective|torch) " stage syncbn 60 bash "$0" __syncbn ;;
     dali) stage dali 90 bash "$0" __dali ;;
   esac
 done

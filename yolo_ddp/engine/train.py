@@ -36,10 +36,11 @@ from yolo_ddp.engine.sync_bn import convert_sync_batchnorm, revert_sync_batchnor
 from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_rank_logging
 from yolo_ddp.memory import run as memory
 from yolo_ddp.memory.dali_buffers import typical_source_pixels
-from yolo_ddp.memory.oom import OOMGuard, read_split_hint
+from yolo_ddp.memory.oom import HINT_FILE, OOMGuard, read_split_hint
 from yolo_ddp.plan import agree_amp_mode, make_plan
 from yolo_ddp.sync import ddp as sync
 from yolo_ddp.topology import NodeTopology
+from yolo_ddp.topology.affinity import cpus_per_rank
 
 log = logging.getLogger("yolo_ddp.engine.train")
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -51,6 +52,7 @@ def train(cfg: Config) -> dict[str, Any]:
     node = sync.prepare_node(cfg.dist.backend)  # probe once per node; NCCL reads its env when the group starts
     device = dist.init_process_group(cfg.dist.timeout_s, cfg.dist.backend)
     heartbeat = Heartbeat()
+    heartbeat.watch(cfg.dist.timeout_s, str(run_dir))  # names a stalled rank even while this one waits in CUDA
     try:
         with stop_on_signals() as stop:
             return _train(cfg, run_dir, device, node, stop, heartbeat)
@@ -61,6 +63,7 @@ def train(cfg: Config) -> dict[str, Any]:
             raise CollectiveTimeout(message) from e
         raise
     finally:
+        heartbeat.close()
         dist.destroy_process_group()
 
 
@@ -71,7 +74,7 @@ class CollectiveTimeout(RuntimeError):
 def _set_threads(cfg: Config, device: torch.device) -> None:
     if device.type == "cpu":
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(cfg.train.threads_per_rank or max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(cfg.train.threads_per_rank or cpus_per_rank(local_world))
 
 
 def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology, stop: StopSignal,
@@ -106,7 +109,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
 
     raw = build_model(cfg.model, spec.names, cfg.train, cfg.data.imgsz, verbose=False)
     if plan.sync_bn:
-        raw = convert_sync_batchnorm(raw, device)
+        raw = convert_sync_batchnorm(raw, device, cfg.train.sync_bn_impl)
     raw = speed.to_memory_format(raw.to(device), cfg.train)
     sync_plan = sync.plan_sync(cfg.sync, node, raw, cfg.data.imgsz, plan.batch_per_rank, device, amp, cfg.train.amp)
     writer.info(sync_plan.describe())
@@ -147,9 +150,13 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     train_args = {"task": "detect", "model": cfg.model.cfg, "data": str(spec.yaml_path), "imgsz": cfg.data.imgsz,
                   "epochs": cfg.train.epochs, "batch": cfg.train.batch, "nbs": cfg.train.nbs}
 
-    # A restart after an OOM in the synchronising backward resumes with the micro-batch split it recorded.
-    guard = OOMGuard(run_dir, cfg.train.oom_retries, read_split_hint(run_dir) if state.step else 1, stop=stop.event,
-                     timeout_s=cfg.dist.timeout_s)
+    # A restart after an OOM inside a collective continues with the micro-batch split it recorded (from last.pt,
+    # or from the start when the OOM came before the first checkpoint: a fresh run never starts over a last.pt).
+    guard = OOMGuard(run_dir, cfg.train.oom_retries, read_split_hint(run_dir), stop=stop.event,
+                     timeout_s=cfg.dist.timeout_s, save_every_s=cfg.train.save_every_s)
+    if guard.splits > 1:
+        writer.info(f"micro-batch split {guard.splits} ways ({HINT_FILE}: an earlier OOM inside a collective); "
+                    f"effective batch and step count unchanged")
     result: EvalResult | None = None
     best: tuple[int, EvalResult | None] | None = None  # (epoch, its result on rank 0) of best.pt this session
     last_row: dict[str, Any] = {}
@@ -179,7 +186,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
                     "mAP50": epoch_result.map50 if epoch_result else "",
                     "mAP50-95": epoch_result.map50_95 if epoch_result else "",
                     "img_per_s": stats["img_per_s"], "epoch_time_s": stats["epoch_time_s"], "lr": stats["lr"],
-                    "peak_mem_gib": stats["peak_mem_gib"], "train_end_s": train_end_s}
+                    "peak_mem_gib": stats["peak_mem_gib"], "train_end_s": train_end_s,
+                    "elapsed_s": time.perf_counter() - start}  # after validation and checkpoint: Ultralytics' `time`
         writer.epoch_row(last_row, epoch_result.per_class_ap50_95 if epoch_result else None,
                          state.ema.ema if state.ema else raw)
         writer.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last_row.items()))
