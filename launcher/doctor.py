@@ -19,7 +19,6 @@ from importlib import metadata
 DALI_BUILDS = {"nvidia-dali-cuda120": 12, "nvidia-dali-cuda130": 13}
 DALI_PIN = "2.4.0"
 DRIVER_FOR_CUDA = {12: "R525", 13: "R580"}  # the oldest driver branch that runs each CUDA major
-CPU_RANKS = 2  # launcher.nproc_per_node=auto without a GPU
 VERDICTS = ("ok", "warn", "fail", "n/a")
 
 
@@ -167,9 +166,11 @@ def would_run(f: Facts, checks: list[Check]) -> str:
     if not f.cuda_devices:
         alt = "DALI CPU pipelines with data.backend=dali" if dali.verdict in ("ok", "warn") and f.dali_builds \
             else "no DALI"
-        return (f"No GPU: `python -m launcher` would run {CPU_RANKS} CPU ranks (launcher.nproc_per_node=auto) over "
-                f"gloo, data from the torch DataLoader (data.backend=auto; {alt}), amp off, memory planned from "
-                "host RAM.")
+        from yolo_ddp.config import AUTO_CPU_RANKS  # a stdlib-only module: safe where torch is broken
+
+        return (f"No GPU: `python -m launcher` would run {AUTO_CPU_RANKS} CPU process (launcher.nproc_per_node=auto; "
+                f"launcher.nproc_per_node=2 runs 2 ranks over gloo), data from the torch DataLoader "
+                f"(data.backend=auto; {alt}), amp off, memory planned from host RAM.")
     data = "DALI `mixed` GPU decode" if dali.verdict == "ok" else "the torch DataLoader (DALI unusable, see above)"
     return (f"GPU: `python -m launcher` would run {f.cuda_devices} rank(s), one per visible GPU, over NCCL (flags on "
             f"a gloo side group), data from {data}, train.amp=auto -> {amp_choice(f)}.")

@@ -14,15 +14,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from yolo_ddp.config import SYNC_STRATEGIES, SyncConfig
+from yolo_ddp.config import AUTO_CPU_RANKS, SYNC_STRATEGIES, SyncConfig
 from yolo_ddp.sync.cost import Workload
 from yolo_ddp.sync.plan import choose_sync, nccl_env_for
 from yolo_ddp.topology.model import GpuInfo, JobTopology, NodeTopology, link_matrix_table
 from yolo_ddp.topology.probe import probe_node
 from yolo_ddp.topology.smi import TopoParseError, parse_topo_matrix
 from yolo_ddp.topology.visible import job_view
-
-CPU_RANKS = 2  # what launcher.nproc_per_node=auto starts without a GPU
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -34,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default="yolov8n.yaml", help="Ultralytics model yaml (model.cfg)")
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--batch-per-rank", type=int, default=16)
-    p.add_argument("--nproc-per-node", type=int, default=0, help="ranks per node; 0 = one per GPU (2 on CPU)")
+    p.add_argument("--nproc-per-node", type=int, default=0, help="ranks per node; 0 = what launcher.nproc_per_node=auto starts")
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--strategy", default="auto", choices=SYNC_STRATEGIES)
     p.add_argument("--network-gbps", type=float, default=SyncConfig.network_gbps)
@@ -66,7 +64,7 @@ def workload(model_cfg: str, imgsz: int, batch_per_rank: int) -> Workload:
 
 
 def report(node: NodeTopology, args: argparse.Namespace) -> str:
-    per_node = args.nproc_per_node or node.n_gpus or CPU_RANKS
+    per_node = args.nproc_per_node or node.n_gpus or AUTO_CPU_RANKS
     job = JobTopology(nodes=(node,) * args.nnodes, ranks_per_node=per_node)
     world = per_node * args.nnodes
     cfg = SyncConfig(strategy=args.strategy, network_gbps=args.network_gbps)

@@ -30,7 +30,7 @@ def test_cpu_machine_says_no_gpu_and_what_would_run_within_5s():
     took = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "No GPU: `python -m launcher` would run 2 CPU ranks" in out and "gloo" in out and "torch DataLoader" in out
+    assert "No GPU: `python -m launcher` would run 1 CPU process" in out and "gloo" in out and "torch DataLoader" in out
     assert "[n/a ] gpus     no GPU" in out and "this is a CPU machine" in out
     for name in ("driver", "torch", "dali", "nccl", "nvml", "gpus"):
         assert f"] {name}" in out

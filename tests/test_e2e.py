@@ -82,7 +82,8 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_multirun_2x2_runs_four_ddp_jobs(tmp_path):
-    proc = run([sys.executable, "-m", "launcher", "-m", "train.epochs=1", "train.batch=4,8", "data.imgsz=64,96"],
+    proc = run([sys.executable, "-m", "launcher", "-m", "launcher.nproc_per_node=2", "train.epochs=1",
+                "train.batch=4,8", "data.imgsz=64,96"],
                tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = sorted((tmp_path / "out").rglob("result.json"))
@@ -97,7 +98,8 @@ def test_multirun_2x2_runs_four_ddp_jobs(tmp_path):
 
 
 def test_failing_sweep_job_exits_nonzero_and_is_named(tmp_path):
-    proc = run([sys.executable, "-m", "launcher", "-m", "train.epochs=1", "train.batch=7,8"], tmp_path)
+    proc = run([sys.executable, "-m", "launcher", "-m", "launcher.nproc_per_node=2", "train.epochs=1",
+                "train.batch=7,8"], tmp_path)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "train.batch=7" in out and "split evenly over 2 ranks" in out

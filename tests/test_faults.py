@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 JOB = ["+experiment=pcb_defects", "train=cpu_quick", "train.epochs=2", "train.warmup_epochs=0",
        "data.synthetic.n_train=128",
        "data.synthetic.n_val=16", "data.synthetic.image_size=128", "data.imgsz=96", "train.batch=8",
-       "data.workers=0", "logger=csv", "logger.log_every_steps=1", "train.val_every=2"]
+       "data.workers=0", "logger=csv", "logger.log_every_steps=1", "train.val_every=2", "launcher.nproc_per_node=2"]
 STEPS_PER_EPOCH, EPOCHS = 8, 2
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def launcher(*overrides: str) -> list[str]:
-    return [sys.executable, "-m", "launcher", *overrides]
+    return [sys.executable, "-m", "launcher", "launcher.nproc_per_node=2", *overrides]  # a DDP job on CPU
 
 
 @pytest.mark.parametrize(("model", "imgsz"), [("yolov8n", 320), ("yolov8s", 640)])

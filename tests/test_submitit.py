@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_submitit_local_multirun_runs_one_ddp_job_per_point(tmp_path):
-    proc = run([sys.executable, "-m", "launcher", "-m", "hydra/launcher=submitit_local", "train.epochs=1",
-                "train.batch=4,8"], tmp_path, timeout=300)
+    proc = run([sys.executable, "-m", "launcher", "-m", "hydra/launcher=submitit_local", "launcher.nproc_per_node=2",
+                "train.epochs=1", "train.batch=4,8"], tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [sweep_dir] = [p.parent for p in (tmp_path / "out").rglob("multirun.yaml")]
     job_ids = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.name.isdigit())

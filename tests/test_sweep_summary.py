@@ -23,7 +23,7 @@ def summary(out: Path) -> tuple[Path, list[dict[str, str]]]:
 
 
 def test_2x1_multirun_writes_summary_and_groups_wandb_runs(tmp_path):
-    proc = run([sys.executable, "-m", "launcher", "-m", "train.epochs=1", "train.batch=4,8", "data.imgsz=96",
+    proc = run([sys.executable, "-m", "launcher", "-m", "launcher.nproc_per_node=2", "train.epochs=1", "train.batch=4,8", "data.imgsz=96",
                 "logger=wandb", "logger.mode=offline"], tmp_path, timeout=600, extra_env={"WANDB_API_KEY": FAKE_KEY})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep_dir, rows = summary(tmp_path / "out")
@@ -44,7 +44,8 @@ def test_2x1_multirun_writes_summary_and_groups_wandb_runs(tmp_path):
 
 
 def test_failed_sweep_job_is_a_row(tmp_path):
-    proc = run([sys.executable, "-m", "launcher", "-m", "train.epochs=1", "train.batch=7", "logger=none"], tmp_path)
+    proc = run([sys.executable, "-m", "launcher", "-m", "launcher.nproc_per_node=2", "train.epochs=1", "train.batch=7",
+                "logger=none"], tmp_path)
     assert proc.returncode != 0
     _, rows = summary(tmp_path / "out")
     assert [r["status"] for r in rows] == ["FAILED"] and "train.batch=7" in rows[0]["overrides"].split()

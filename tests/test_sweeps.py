@@ -56,7 +56,9 @@ def _run(args: list[str], tmp: Path, out: Path) -> subprocess.Popen:
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     given = {a.split("=", 1)[0] for a in args if "=" in a}
     tiny = [o for o in TINY + SMALL if o.split("=", 1)[0] not in given]
-    return subprocess.Popen([sys.executable, "-m", "launcher", "-m", *args, *tiny, f"data.cache_dir={tmp / 'cache'}"],
+    # 2 ranks (a DDP job per point), after the swept keys: the summary's overrides column starts with those
+    return subprocess.Popen([sys.executable, "-m", "launcher", "-m", *args, "launcher.nproc_per_node=2", *tiny,
+                             f"data.cache_dir={tmp / 'cache'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=Path(__file__).resolve().parents[1], start_new_session=True)
 
