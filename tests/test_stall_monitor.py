@@ -153,3 +153,22 @@ def test_a_stalled_rank_is_named_while_every_main_thread_is_blocked_in_native_co
     assert at - float(t0) < stall_after_s(TIMEOUT_S) + 2.0, message
     assert "Behind: rank 1 (last step 11" in message and "rank 0 at step 12" in message
     assert "RUN/rank1.log" in message and "main thread is at test_stall_monitor.py" in message
+
+
+class Progress:
+    """What explain_timeout reads of a Heartbeat: (step, rank, seconds ago), slowest first."""
+
+    def progress(self) -> list[tuple[int, int, float]]:
+        return [(11, 1, 9.0), (12, 0, 0.5)]
+
+
+def test_a_peer_that_exited_is_not_reported_as_a_timeout():
+    from yolo_ddp.engine.heartbeat import explain_timeout, is_collective_timeout
+
+    left = RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4321")
+    assert is_collective_timeout(left)
+    message = explain_timeout(left, Progress(), 600, "RUN")
+    assert "a peer left the group" in message and "did not complete within" not in message
+    assert "Behind: rank 1" in message and "RUN/rank1.log" in message and "train.oom_restarts" in message
+    timed_out = explain_timeout(RuntimeError("Timed out waiting 600000ms"), Progress(), 600, "RUN")
+    assert "did not complete within dist.timeout_s=600 s" in timed_out

@@ -35,7 +35,8 @@ from torch.distributed import distributed_c10d
 from yolo_ddp import dist
 
 log = logging.getLogger(__name__)
-TIMEOUT_WORDS = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+PEER_LEFT_WORDS = ("connection closed", "connection reset", "broken pipe")  # a peer's process ended
+TIMEOUT_WORDS = ("timed out", "timeout", *PEER_LEFT_WORDS)
 
 
 def _key(rank: int) -> str:
@@ -228,6 +229,12 @@ def explain_timeout(error: BaseException, heartbeat: Heartbeat, timeout_s: float
                f"data loading, or paused), see {run_dir}/rank{behind[0]}.log.")
     else:
         who = f"No per-rank progress was recorded; see the other ranks' logs in {run_dir}/rank<N>.log."
+    if any(w in first.lower() for w in PEER_LEFT_WORDS):  # not a timeout: a peer exited mid-collective
+        return (
+            f"Rank {dist.get_rank()}: a peer left the group during a collective ({first}). {who} Its own log says "
+            "why; after an out-of-memory error inside a collective `python -m launcher` starts the job again by "
+            "itself (train.oom_restarts, docs/scaling.md \"OOM policy\"), so this rank's exit is expected then."
+        )
     return (
         f"Rank {dist.get_rank()}: a collective (gradient all-reduce, loss mean or barrier) did not complete within "
         f"dist.timeout_s={timeout_s:g} s ({first}). {who} If a step or a validation pass legitimately takes longer, "
