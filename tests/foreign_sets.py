@@ -77,3 +77,30 @@ def make_coco(root: Path, splits: dict[str, int], seed: int = 0) -> dict[Path, l
         (root / "annotations" / f"instances_{split}.json").write_text(
             json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return drawn
+
+
+def make_roboflow(root: Path, splits: dict[str, int], seed: int = 0) -> dict[Path, list[tuple[str, tuple[int, ...]]]]:
+    """A Roboflow-style COCO export: root/<split>/<name>_jpg.rf.<hash>.jpg beside root/<split>/_annotations.coco.json.
+    Category 0 is the project's supercategory (no annotation uses it); the classes are 1 and 2."""
+    rng = np.random.default_rng(seed)
+    cats = [{"id": 0, "name": "pcb-defects", "supercategory": "none"},
+            {"id": 1, "name": "short", "supercategory": "pcb-defects"},
+            {"id": 2, "name": "missing_hole", "supercategory": "pcb-defects"}]
+    drawn = {}
+    for split, n in splits.items():
+        images, anns = [], []
+        for i in range(n):
+            img = root / split / f"{split}{i:02d}_jpg.rf.{i:08x}{seed:024x}.jpg"
+            boxes = draw(img, rng, 1 + i % 2)
+            images.append({"id": i, "license": 1, "file_name": img.name, "height": 96, "width": 128,
+                           "date_captured": "2026-12-04T00:00:00+00:00"})
+            drawn[img] = []
+            for x0, y0, x1, y1 in boxes:
+                cat = cats[1 + (i + len(anns)) % 2]
+                anns.append({"id": len(anns), "image_id": i, "category_id": cat["id"], "iscrowd": 0, "segmentation": [],
+                             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
+                drawn[img].append((cat["name"], (x0, y0, x1, y1)))
+        (root / split / "_annotations.coco.json").write_text(json.dumps(
+            {"info": {"description": "Exported from roboflow.com"}, "licenses": [{"id": 1, "name": "CC BY 4.0"}],
+             "categories": cats, "images": images, "annotations": anns}))
+    return drawn

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.foreign_sets import make_coco, make_pku, voc_xml
+from tests.foreign_sets import make_coco, make_pku, make_roboflow, voc_xml
 from yolo_ddp.config import DataConfig
 from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.source import resolve_data_yaml
@@ -61,6 +61,23 @@ def test_pku_layout_converts_with_every_box_on_its_drawn_object(tmp_path):
     assert len(train) == 6 and len(val) == 4
     assert {Path(os.path.realpath(p)).parent.name for p in val} == {"Missing_hole", "Short"}  # each class folder
     assert_boxes_on_drawn_objects(yaml_path, drawn, tmp_path)
+
+
+def test_relative_paths_and_default_cache_dir_from_any_working_directory(tmp_path, monkeypatch):
+    """The README's command as written: data.path relative, data.cache_dir left at its relative default. The
+    converted data.yaml and its train/val lists must name real files wherever the run starts."""
+    make_pku(tmp_path / "sets" / "PCB_DATASET")
+    (tmp_path / "elsewhere").mkdir()
+    for cwd, path in ((tmp_path / "sets", "PCB_DATASET"), (tmp_path / "elsewhere", "../sets/PCB_DATASET")):
+        monkeypatch.chdir(cwd)
+        yaml_path = resolve_data_yaml(DataConfig(name="pku_pcb", path=path, val_fraction=0.4))
+        assert yaml_path.is_absolute() and yaml_path.is_relative_to(cwd / ".cache" / "yolo_ddp" / "converted")
+        spec = load_data_spec(yaml_path)
+        for listing in (*spec.train, *spec.val):
+            lines = Path(listing).read_text().split()
+            assert lines and all(Path(p).is_absolute() and Path(p).is_file() for p in lines), listing
+        monkeypatch.chdir(tmp_path)  # the set and the other cwd's cache still resolve after the cwd moves
+        assert all(Path(p).is_file() for p in Path(spec.train[0]).read_text().split())
 
 
 def test_split_is_seeded_and_conversion_happens_once(tmp_path, caplog):
@@ -113,6 +130,28 @@ def test_one_coco_json_is_split_by_val_fraction(tmp_path):
     assert [len(Path(s[0]).read_text().split()) for s in (spec.train, spec.val)] == [7, 3]
 
 
+def test_roboflow_export_root_trains_on_train_and_validates_on_valid(tmp_path):
+    drawn = make_roboflow(tmp_path / "export", {"train": 6, "valid": 3, "test": 2})
+    yaml_path = resolve_data_yaml(data_cfg(tmp_path / "export", tmp_path))
+    spec = load_data_spec(yaml_path)
+    assert spec.names == {0: "short", 1: "missing_hole"}  # category 0, the supercategory, is no class
+    for listing, split, n in ((spec.train[0], "train", 6), (spec.val[0], "valid", 3)):
+        sources = {source_of(p) for p in Path(listing).read_text().split()}
+        assert len(sources) == n and {p.parent.name for p in sources} == {split}  # test/ is not used
+    assert_boxes_on_drawn_objects(yaml_path, {k: v for k, v in drawn.items() if k.parent.name != "test"}, tmp_path)
+    # One of its JSONs alone: as before, split by data.val_fraction
+    one = load_data_spec(resolve_data_yaml(data_cfg(tmp_path / "export" / "train" / "_annotations.coco.json",
+                                                    tmp_path, val_fraction=0.5)))
+    train, val = (Path(p).read_text().split() for p in (one.train[0], one.val[0]))
+    assert len(train) == 3 and len(val) == 3 and one.names == {0: "short", 1: "missing_hole"}
+
+
+def test_roboflow_export_without_train_says_what_to_do(tmp_path):
+    make_roboflow(tmp_path / "export", {"valid": 2})
+    with pytest.raises(DataError, match="no train/_annotations.coco.json"):
+        resolve_data_yaml(data_cfg(tmp_path / "export", tmp_path))
+
+
 def test_malformed_coco_names_every_annotation(tmp_path):
     make_coco(tmp_path / "coco", {"train": 3})
     f = tmp_path / "coco" / "annotations" / "instances_train.json"
@@ -148,10 +187,10 @@ def test_pku_layout_trains_two_epochs_on_two_cpu_ranks(tmp_path):
     env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": "", "YOLO_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "launcher", "+experiment=pcb_defects", "data=pku_pcb",
-         f"data.path={tmp_path / 'PCB_DATASET'}", "train=cpu_quick", "train.epochs=2", "data.imgsz=64",
-         "train.batch=4", "data.workers=0", "logger=csv", "launcher.nproc_per_node=2", "data.val_fraction=0.25",
-         f"data.cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+         "data.path=PCB_DATASET", "train=cpu_quick", "train.epochs=2", "data.imgsz=64",
+         "train.batch=4", "data.workers=0", "logger=csv", "launcher.nproc_per_node=2", "data.val_fraction=0.25"],
+        capture_output=True, text=True, env={**env, "PYTHONPATH": str(REPO)}, timeout=600,
+        cwd=tmp_path)  # as the README writes it: a relative data.path, the default (relative) data.cache_dir
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [run_dir] = [p.parent for p in (tmp_path / "out").rglob("metrics.csv")]
     with (run_dir / "metrics.csv").open() as f:
@@ -159,4 +198,4 @@ def test_pku_layout_trains_two_epochs_on_two_cpu_ranks(tmp_path):
     assert json.loads((run_dir / "result.json").read_text())["world_size"] == 2
     assert "(6 train / 2 val images, 2 classes)" in (run_dir / "rank0.log").read_text()
     assert YOLO(str(run_dir / "best.pt")).names == {0: "missing_hole", 1: "short"}
-    assert len(list((tmp_path / "cache" / "converted").iterdir())) == 1  # converted once, by the launcher
+    assert len(list((tmp_path / ".cache/yolo_ddp/converted").iterdir())) == 1  # converted once, by the launcher

@@ -19,7 +19,8 @@ def resolve_data_yaml(data: DataConfig) -> Path:
             raise DataError(
                 f"Config key 'data.path': {path} does not exist. Pass data.path=path/to/data.yaml (an Ultralytics "
                 f"data.yaml with train, val and names), a YOLO-format root dir, a Pascal VOC folder (images and "
-                f"Annotations/**/*.xml) or a COCO instances_*.json, or leave data.path empty to use "
+                f"Annotations/**/*.xml), a COCO instances_*.json or a COCO export's root (train/_annotations.coco.json, "
+                f"valid/...), or leave data.path empty to use "
                 f"the built-in synthetic pcb_defects set."
             )
         kind = detect(path)

@@ -3,8 +3,10 @@
 This module checks what `convert_coco` trusts (every annotation's image, category and box) and names each
 malformed annotation; it renumbers the categories the annotations use to 1..K in id order (`convert_coco` with
 `cls91to80=False` writes `category_id - 1`, so labelling-tool exports with ids from 0 or with gaps need it); and it
-finds each `file_name` beside the JSON. Splits: `instances_train*.json` with `instances_val*.json` beside it, else
-a seeded `data.val_fraction` split of one JSON.
+finds each `file_name` beside the JSON. Splits: `instances_train*.json` with `instances_val*.json` beside it; a
+Roboflow-style export's root (`train/`, `valid/`, `test/`, each with `_annotations.coco.json` and its images; its
+category 0 is the project's supercategory, which no annotation uses, so it is not a class) trains on train/ and
+validates on valid/; else a seeded `data.val_fraction` split of one JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo_ddp.data.foreign.common import (
+    ROBOFLOW_JSON,
     Converted,
     coco_jsons,
     flat_name,
@@ -46,6 +49,8 @@ def _jsons(path: Path) -> list[Path]:
                 return [path, vals[0]]
         return [path]
     found = coco_jsons(path)
+    if found and all(p.name == ROBOFLOW_JSON for p in found):
+        return _roboflow_splits(path, found)
     train = [p for p in found if p.stem.lower().startswith("instances_train")]
     val = [p for p in found if p.stem.lower().startswith("instances_val")]
     if len(train) == 1 and len(val) == 1:
@@ -56,6 +61,29 @@ def _jsons(path: Path) -> list[Path]:
         f"{path} holds COCO files {[p.name for p in found]}; point data.path at one instances_*.json (its "
         "instances_val*.json beside it is used for validation when it is an instances_train*.json)."
     )
+
+
+def _roboflow_splits(root: Path, found: list[Path]) -> list[Path]:
+    """train/ and valid/ (or val/) of a Roboflow-style export; test/ is left for the user's own evaluation."""
+    by_split = {p.parent.name.lower(): p for p in found}
+    if "train" not in by_split:
+        raise DataError(
+            f"{root} looks like a Roboflow-style COCO export ({', '.join(str(p.relative_to(root)) for p in found)}) "
+            f"but has no train/{ROBOFLOW_JSON}. Export the set with a train split, or point data.path at one "
+            "_annotations.coco.json (its images are then split by data.val_fraction)."
+        )
+    val = by_split.get("valid") or by_split.get("val")
+    if val is None:
+        LOGGER.warning("%s: no valid/%s; data.val_fraction of train/ validates", root, ROBOFLOW_JSON)
+    if "test" in by_split:
+        LOGGER.info("%s: test/ is not used for training or validation", root)
+    return [by_split["train"], val] if val else [by_split["train"]]
+
+
+def _part(f: Path) -> str:
+    """The split a JSON holds, which names its labels/ and images/ subfolders: train2017 for
+    instances_train2017.json, the folder for a Roboflow-style <split>/_annotations.coco.json."""
+    return f.parent.name if f.name == ROBOFLOW_JSON else f.stem.replace("instances_", "")
 
 
 def convert(path: Path, out: Path, val_fraction: float, seed: int) -> Converted:
@@ -71,11 +99,12 @@ def convert(path: Path, out: Path, val_fraction: float, seed: int) -> Converted:
     work = out / ".coco_json"
     links: list[list[Path]] = []
     for f, (d, found) in zip(files, checked, strict=True):
-        part = f.stem.replace("instances_", "")  # the labels/ subfolder convert_coco writes
+        part = _part(f)
         anns = [{**a, "category_id": renumber[a["category_id"]]} for a in d["annotations"]]
         images = [{**im, "file_name": flat_name(im["file_name"])} for im in d["images"]]  # as link_image names it
         (work / part).mkdir(parents=True)
-        (work / part / f.name).write_text(json.dumps({**d, "images": images, "annotations": anns}))
+        # convert_coco names the labels/ subfolder after the JSON's stem without "instances_": here, `part`.
+        (work / part / f"instances_{part}.json").write_text(json.dumps({**d, "images": images, "annotations": anns}))
         # convert_coco numbers an existing save_dir (out_2, ...), so it writes into a fresh folder under work/.
         convert_coco(labels_dir=str(work / part), save_dir=str(work / "yolo"), use_segments=False, cls91to80=False)
         (out / "labels").mkdir(exist_ok=True)
@@ -147,7 +176,7 @@ def _num(v: Any) -> float:
 
 def _bases(f: Path) -> list[Path]:
     """Where a file_name may be relative to: COCO's own layouts (images/<split>/, <split>/) and the JSON's folders."""
-    split = f.stem.replace("instances_", "")
+    split = _part(f)
     top = f.parent.parent if f.parent.name == "annotations" else f.parent
     return list(dict.fromkeys([top / "images" / split, top / split, top / "images", top, f.parent]))
 

@@ -23,12 +23,16 @@ class Converted:
     names: list[str]
 
 
+ROBOFLOW_JSON = "_annotations.coco.json"  # Roboflow-style exports: <split>/_annotations.coco.json, images beside it
+
+
 def coco_jsons(path: Path) -> list[Path]:
-    """The COCO instance files a folder holds (in annotations/ or itself)."""
+    """The COCO instance files a folder holds: in annotations/ or itself, else one per split folder of a
+    Roboflow-style export (train/, valid/, test/)."""
     for d in (path / "annotations", path):
         if found := sorted(d.glob("instances_*.json")):
             return found
-    return []
+    return sorted(path.glob(f"*/{ROBOFLOW_JSON}"))
 
 
 def flat_name(rel: str | Path) -> str:

@@ -1,7 +1,8 @@
 """Pascal VOC XML and COCO JSON data sets, converted once per node into a YOLO set in the node-local cache.
 
 `data.path` may name a VOC-style folder (images plus `Annotations/**/*.xml`, e.g. PKU-Market-PCB) or a COCO
-`instances_*.json` (or a folder holding `annotations/instances_*.json`). Local rank 0 converts (yolo_ddp.data.foreign.voc,
+`instances_*.json` (or a folder holding `annotations/instances_*.json`, or a Roboflow-style export's root with
+`<split>/_annotations.coco.json`). Local rank 0 converts (yolo_ddp.data.foreign.voc,
 yolo_ddp.data.foreign.coco: Ultralytics' `convert_coco`) into `<data.cache_dir>/converted/<kind>-<key>/`: symlinks to the
 source images under `images/`, labels under the parallel `labels/`, `train.txt`, `val.txt` and a data.yaml. The
 key hashes the annotation files and the split settings, so an edited annotation converts again.
@@ -39,9 +40,12 @@ def detect(path: Path) -> str | None:
 
 def convert_once(path: Path, kind: str, cache_dir: Path, val_fraction: float, split_seed: int) -> Path:
     """The converted set's data.yaml; local rank 0 converts when the cache lacks it, the other ranks wait."""
+    # Absolute from here on: the data.yaml's `path` and the train.txt/val.txt lines are read relative to nothing
+    # else, and the cache key (source paths) must not depend on the working directory.
+    path = Path(path).expanduser().resolve()
     inputs = voc.inputs(path) if kind == "voc" else coco.inputs(path)
     key = _key(kind, inputs, val_fraction, split_seed)
-    final = Path(cache_dir).expanduser() / "converted" / f"{kind}-{key}"
+    final = Path(cache_dir).expanduser().resolve() / "converted" / f"{kind}-{key}"
     convert: Callable[[Path, Path, float, int], Converted] = voc.convert if kind == "voc" else coco.convert
     error: Exception | None = None
     with local_rank_zero_first() as leader:
