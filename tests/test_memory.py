@@ -106,4 +106,5 @@ def test_auto_batch_is_the_largest_that_fits_up_to_the_cap() -> None:
 
 def test_smaller_model_family() -> None:
     assert smaller_model("yolov8x.yaml") == "yolov8l.yaml" and smaller_model("yolo11s.yaml") == "yolo11n.yaml"
+    assert smaller_model("yolo26m.yaml") == "yolo26s.yaml"
     assert smaller_model("yolov8n.yaml") is None and smaller_model("my_net.yaml") is None

@@ -25,6 +25,7 @@ from yolo_ddp import dist
 class LossNormaliser:
     def __init__(self, criterion, mode: str, device: torch.device) -> None:
         assigner = getattr(criterion, "assigner", None)
+        self.mode = mode
         self.exact = mode == "global" and isinstance(assigner, torch.nn.Module)
         if self.exact:
             assigner.register_forward_hook(self._capture)
@@ -34,6 +35,14 @@ class LossNormaliser:
 
     def _capture(self, module, inputs, outputs) -> None:
         self._last = outputs[2].detach().float().sum()  # target_scores: (batch, anchors, classes)
+
+    def describe(self) -> str:
+        if self.exact:
+            return "per step (train.loss_norm=global)"
+        if self.mode == "global":
+            return ("per forward, as Ultralytics: train.loss_norm=global needs one task-aligned assigner, and this "
+                    "head's loss (end-to-end: two branches, each normalised by its own targets) has none")
+        return "per forward (train.loss_norm=per_batch)"
 
     def begin_step(self) -> None:
         self._sums = []

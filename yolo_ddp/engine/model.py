@@ -12,8 +12,10 @@ from yolo_ddp.config import ModelConfig, TrainConfig
 
 
 def loss_hyperparameters(train: TrainConfig, imgsz: int):
-    """Ultralytics' own hyperparameter namespace (its loss reads box/cls/dfl gains from `model.args`)."""
-    return get_cfg(overrides={"box": train.box, "cls": train.cls, "dfl": train.dfl, "imgsz": imgsz})
+    """Ultralytics' own hyperparameter namespace: its loss reads the box/cls/dfl gains from `model.args`, and
+    E2ELoss the run's epochs (its one-to-many weight decays over them)."""
+    return get_cfg(overrides={"box": train.box, "cls": train.cls, "dfl": train.dfl, "imgsz": imgsz,
+                              "epochs": train.epochs})
 
 
 def build_model(
@@ -41,8 +43,17 @@ def load_local_weights(model: DetectionModel, path: Path) -> None:
 
 
 def loss_criterion(model: DetectionModel):
-    """Ultralytics' loss for this head (v8DetectionLoss, or E2ELoss for end-to-end heads)."""
+    """Ultralytics' loss for this head (v8DetectionLoss, or E2ELoss for end-to-end heads such as YOLO26)."""
     return model.init_criterion()
+
+
+def set_criterion_epoch(criterion, completed_epochs: int) -> None:
+    """Ultralytics' per-epoch loss schedule: its trainer calls `criterion.update()` after every epoch's training
+    (E2ELoss: the one-to-many weight decays from 0.8 to 0.1 over the run), and on resume sets `updates` to the
+    completed epochs. Setting the count is both; criteria without a schedule have no `update`."""
+    if hasattr(criterion, "update") and hasattr(criterion, "updates") and completed_epochs > 0:
+        criterion.updates = completed_epochs - 1
+        criterion.update()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -30,7 +30,7 @@ from yolo_ddp.engine.faults import StopRequested, StopSignal, after_step_hook, s
 from yolo_ddp.engine.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
 from yolo_ddp.engine.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
 from yolo_ddp.engine.loss_norm import LossNormaliser
-from yolo_ddp.engine.model import build_model, loss_criterion
+from yolo_ddp.engine.model import build_model, loss_criterion, set_criterion_epoch
 from yolo_ddp.engine.optim import auto_iterations, build_optimizer, build_scheduler, choose_optimizer
 from yolo_ddp.engine.sync_bn import convert_sync_batchnorm, revert_sync_batchnorm
 from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_rank_logging
@@ -129,9 +129,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     )
     writer.info(f"optimizer {choice.name} lr0={choice.lr0} momentum={choice.momentum} warmup_bias_lr="
                 f"{choice.warmup_bias_lr}; warmup {plan.warmup_batches} batches, {plan.total_steps} optimizer steps; "
-                f"loss normaliser {'per step' if state.norm.exact else 'per forward'} (train.loss_norm)")
+                f"loss normaliser {state.norm.describe()}")
     writer.info(speed.describe(cfg.train, device))
     _maybe_resume(saved, state)
+    set_criterion_epoch(state.criterion, state.epoch)  # a resumed run continues the loss's schedule
     del saved  # the state dicts are loaded; do not hold a second copy through training
 
     writer.info(f"data backend: {backend}")
@@ -172,6 +173,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
             raise StopRequested(128 + stop.signum)
         train_end_s = time.perf_counter() - start  # run clock at the end of this epoch's training part
         state.epoch += 1
+        set_criterion_epoch(state.criterion, state.epoch)
         epoch_result = None
         if state.epoch % cfg.train.val_every == 0 or state.epoch == plan.epochs:
             epoch_result = evaluate(weights_to_validate(state), val_loader, scorer, device, eval_dtype)

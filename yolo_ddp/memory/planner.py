@@ -70,7 +70,7 @@ class MemoryPlan:
 
 def smaller_model(cfg: str) -> str | None:
     """yolov8m.yaml → yolov8s.yaml; None at the smallest or for a custom yaml."""
-    m = re.fullmatch(r"(yolov8|yolo11|yolov5|yolov9|yolov10)([nsmlx])(\.ya?ml)", cfg)
+    m = re.fullmatch(r"(yolov8|yolo11|yolo26|yolov5|yolov9|yolov10)([nsmlx])(\.ya?ml)", cfg)
     if not m or m.group(2) == "n":
         return None
     return f"{m.group(1)}{MODEL_SCALES[MODEL_SCALES.index(m.group(2)) + 1]}{m.group(3)}"
