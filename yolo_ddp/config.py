@@ -150,6 +150,12 @@ class TrainConfig:
     # true: continue the run dir's last.pt; a path (a last.pt or a run dir): continue that run in its own dir.
     resume: Any = False
     val_every: int = 1
+    # Ultralytics' `patience`: stop after this many epochs without a better validation fitness (its EarlyStopping;
+    # 0 = never). `freeze`: the first N layers (an int) or these layer indices (a list) do not train; .dfl never
+    # does. `save_period`: also keep last.pt as epoch<N>.pt every N epochs (< 1: off).
+    patience: int = 100
+    freeze: Any = None
+    save_period: int = -1
     conf: float = 0.001  # validation NMS thresholds (Ultralytics' defaults)
     iou: float = 0.7
     max_det: int = 300
@@ -208,6 +214,12 @@ class TrainConfig:
         _check(0 < self.lrf <= 1, "train.lrf", "is the final lr fraction and must be in (0, 1].")
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0.")
         _check(self.val_every >= 1, "train.val_every", "must be >= 1.")
+        _check(self.patience >= 0, "train.patience", "must be >= 0 (0: no early stopping).")
+        freeze = self.freeze
+        _check(freeze is None or (isinstance(freeze, int) and not isinstance(freeze, bool) and freeze >= 0)
+               or (isinstance(freeze, (list, tuple)) and all(isinstance(i, int) and i >= 0 for i in freeze)),
+               "train.freeze", f"got {freeze!r}; give the number of leading layers (train.freeze=10) or their "
+               "indices (train.freeze=[0,1,2]), as `yolo train freeze=`.")
 
 
 # What launcher.nproc_per_node=auto starts on a machine without GPU: one process, the CPU shape with the best

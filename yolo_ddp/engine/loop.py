@@ -54,6 +54,7 @@ class TrainState:
     epoch: int = 0  # completed epochs
     step: int = 0  # completed optimizer steps
     best_fitness: float = float("-inf")
+    stopper: Any = None  # ultralytics EarlyStopping (train.patience)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +72,9 @@ class TrainState:
             "epoch": self.epoch,
             "step": self.step,
             "best_fitness": self.best_fitness,
+            # as Ultralytics' checkpoints hold it, so a resumed run counts patience from the same best epoch
+            "stopper": {"best_fitness": self.stopper.best_fitness, "best_epoch": self.stopper.best_epoch}
+            if self.stopper else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -82,6 +86,8 @@ class TrainState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best_fitness = state["epoch"], state["step"], state["best_fitness"]
+        if self.stopper is not None:
+            self.stopper.__dict__.update(state.get("stopper") or {})  # older checkpoints keep a fresh stopper
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

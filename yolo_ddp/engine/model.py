@@ -47,6 +47,25 @@ def loss_criterion(model: DetectionModel):
     return model.init_criterion()
 
 
+def freeze_layers(model: torch.nn.Module, freeze: int | list[int] | None) -> list[str]:
+    """Ultralytics' `freeze` (engine/trainer.py `_setup_train`): parameters under `model.<i>.` for the first
+    `freeze` layers (or the listed indices) and every `.dfl` stop training; any other floating-point parameter
+    trains. Returns the frozen names; refuses to freeze everything, as Ultralytics does."""
+    layers = range(freeze) if isinstance(freeze, int) else (freeze or [])
+    prefixes = [f"model.{i}." for i in layers] + [".dfl"]
+    frozen = []
+    for name, p in model.named_parameters():
+        if any(x in name for x in prefixes):
+            p.requires_grad = False
+            frozen.append(name)
+        elif not p.requires_grad and p.dtype.is_floating_point:
+            p.requires_grad = True
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"Config key 'train.freeze': {freeze} froze the whole model, so nothing would train. "
+                         "Freeze fewer leading layers, or list the indices to freeze (train.freeze=[0,1,2]).")
+    return frozen
+
+
 def set_criterion_epoch(criterion, completed_epochs: int) -> None:
     """Ultralytics' per-epoch loss schedule: its trainer calls `criterion.update()` after every epoch's training
     (E2ELoss: the one-to-many weight decays from 0.8 to 0.1 over the run), and on resume sets `updates` to the

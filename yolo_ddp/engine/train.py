@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from copy import deepcopy
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ultralytics.utils.torch_utils import ModelEMA
+from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA
 
 from yolo_ddp import dist
 from yolo_ddp.config import Config
@@ -30,7 +31,7 @@ from yolo_ddp.engine.faults import StopRequested, StopSignal, after_step_hook, s
 from yolo_ddp.engine.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
 from yolo_ddp.engine.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
 from yolo_ddp.engine.loss_norm import LossNormaliser
-from yolo_ddp.engine.model import build_model, loss_criterion, set_criterion_epoch
+from yolo_ddp.engine.model import build_model, freeze_layers, loss_criterion, set_criterion_epoch
 from yolo_ddp.engine.optim import auto_iterations, build_optimizer, build_scheduler, choose_optimizer
 from yolo_ddp.engine.sync_bn import convert_sync_batchnorm, revert_sync_batchnorm
 from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_rank_logging
@@ -108,6 +109,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     writer.write_text("plan.json", plan.to_json())
 
     raw = build_model(cfg.model, spec.names, cfg.train, cfg.data.imgsz, verbose=False)
+    frozen = freeze_layers(raw, cfg.train.freeze)  # before DDP and the optimizer: frozen tensors are in neither
+    if cfg.train.freeze:
+        writer.info(f"train.freeze={cfg.train.freeze}: {len(frozen)} parameter tensors frozen ({frozen[0]} ...)")
     if plan.sync_bn:
         raw = convert_sync_batchnorm(raw, device, cfg.train.sync_bn_impl)
     raw = speed.to_memory_format(raw.to(device), cfg.train)
@@ -125,6 +129,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
         scheduler=build_scheduler(optimizer, cfg.train, choice, plan.schedule),
         scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
         ema=ModelEMA(raw) if cfg.train.ema else None, forward=speed.training_forward(model, cfg.train),
+        stopper=EarlyStopping(patience=cfg.train.patience),
         norm=LossNormaliser(criterion, cfg.train.loss_norm, device),
     )
     writer.info(f"optimizer {choice.name} lr0={choice.lr0} momentum={choice.momentum} warmup_bias_lr="
@@ -164,7 +169,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     start = time.perf_counter()
     after_step = after_step_hook(stop, guard, heartbeat, cfg.train.save_every_steps, plan.schedule,
                                  lambda: _save(run_dir, state, cfg, plan, train_args, is_best=False))
-    while state.epoch < plan.epochs:
+    stopped_early = False
+    while state.epoch < plan.epochs and not stopped_early:
         stats = train_one_epoch(state, train_batches, ctx, writer, guard, after_step)
         if stats["stopped"]:
             writer.info(f"stopped by {signal.Signals(stop.signum).name} after optimizer step {state.step}: last.pt "
@@ -182,8 +188,11 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
         is_best = fitness is not None and fitness > state.best_fitness
         if is_best:
             state.best_fitness, best = fitness, (state.epoch, epoch_result)
+        stopped_early = state.stopper(state.epoch, fitness) and state.epoch < plan.epochs  # same on every rank
         if rank == 0:  # the collectives above prove every rank finished this epoch
             _save(run_dir, state, cfg, plan, train_args, is_best)
+            if cfg.train.save_period > 0 and state.epoch % cfg.train.save_period == 0:
+                shutil.copy2(run_dir / "last.pt", run_dir / f"epoch{state.epoch}.pt")  # Ultralytics' save_period
         last_row = {"epoch": state.epoch, "step": state.step, **{k: stats[k] for k in LOSS_NAMES},
                     "mAP50": epoch_result.map50 if epoch_result else "",
                     "mAP50-95": epoch_result.map50_95 if epoch_result else "",
@@ -193,6 +202,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
         writer.epoch_row(last_row, epoch_result.per_class_ap50_95 if epoch_result else None,
                          state.ema.ema if state.ema else raw)
         writer.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last_row.items()))
+    if stopped_early:
+        writer.info(f"early stop (train.patience={cfg.train.patience}): no better fitness since epoch "
+                    f"{state.stopper.best_epoch}, so training ends after epoch {state.epoch} of {plan.epochs}")
     dist.barrier()
     if result is not None:
         writer.info(f"done: {state.epoch} epochs, {state.step} optimizer steps; final mAP50={result.map50:.4f} "
