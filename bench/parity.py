@@ -8,10 +8,19 @@ imgsz, nominal batch (nbs), epochs, optimizer, lr0, warmup and augmentation on b
   ours_2x8      python -m launcher, 2 ranks, global batch B (B/2 per rank)
   ours_1x8acc2  1 process, batch B/2, nbs as given: accumulate 2 when nbs = B (the default)
   ours_1x16     1 process, batch B
+  ours_default  python -m launcher's own shape (launcher.nproc_per_node=auto: 1 process on a machine without
+                GPU), global batch B
 
-Per run: the validation mAP50-95 after every epoch, best and final mAP50-95, wall time, and Ultralytics'
+Per run: the validation mAP50-95 after every epoch, best and final mAP50-95, wall time, time-to-accuracy, and
+Ultralytics'
 validator re-run on the run's best.pt (`YOLO(best.pt).val(...)`) next to the mAP50-95 the run logged for the
-epoch best.pt holds (ours: the epoch stored in best.pt; Ultralytics: its last best epoch). Prints per-seed
+epoch best.pt holds (ours: the epoch stored in best.pt; Ultralytics: its last best epoch).
+Time-to-accuracy, per seed: the wall time until a run first logs Ultralytics' best mAP50-95 of that seed
+(Ultralytics: until its own best epoch), each counted from the command's start (setup included) until that
+epoch's row appeared in the run's CSV (Ultralytics' results.csv, our metrics.csv), as this script saw it, polling
+every 0.2 s. Over seeds: the same on the seed-mean curves, against the best of Ultralytics'
+seed-mean curve (one seed's best is partly luck); the ratio to Ultralytics' is what the README's CPU default
+rests on. Prints per-seed
 tables and a summary (mean ± sample std, n-1, over seeds), and writes bench/out/parity-<data>.csv (one row per
 run) and bench/out/parity-<data>.md (tables ready to paste, with the command line and date). Runs live in
 bench/out/parity/<data>/<config>-s<seed>/; --resume keeps the finished ones whose recipe is unchanged.
@@ -20,7 +29,9 @@ Data: --data synthetic (our drawn PCB set), small_objects (bench/make_small_obje
 320x240 images) or path/to/data.yaml.
 
   python bench/parity.py --data small_objects --seeds 0,1,2            # the benchmark (hours on 2 cores)
+  python bench/parity.py --seeds 0,1,2 --configs ultralytics,ours_default   # CPU time-to-accuracy (~40 min)
   python bench/parity.py --data synthetic --seeds 0,1,2 --resume       # continue an interrupted one
+  python bench/parity.py --model yolo26n.yaml --seeds 0,1,2 --configs ultralytics,ours_default   # YOLO26 (E2ELoss)
   python bench/parity.py --data small_objects --n-train 32 --n-val 16 --imgsz 128 --epochs 2 --seeds 0 \\
       --configs ultralytics,ours_2x8                                      # smoke test, a few minutes
 """
@@ -37,7 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -46,8 +57,9 @@ from make_small_objects import make as make_small_objects
 from train_throughput import OUT, REPO
 
 PARITY = OUT / "parity"
-CONFIGS = ("ultralytics", "ours_2x8", "ours_1x8acc2", "ours_1x16")
+CONFIGS = ("ultralytics", "ours_2x8", "ours_1x8acc2", "ours_1x16", "ours_default")
 RESULT_FILE = "parity_result.json"
+POLL_S = 0.2  # how often a running trainer's per-epoch CSV is checked for a new row
 # Ultralytics' defaults for the augmentation keys our trainer has, passed explicitly on our side
 AUG_DEFAULTS = ("data.hsv_h=0.015", "data.hsv_s=0.7", "data.hsv_v=0.4", "data.fliplr=0.5", "data.scale=0.5")
 TRANSLATE = "data.translate=0.1"  # Ultralytics' default; passed only where our config has the key
@@ -87,6 +99,8 @@ class Result:
     val_map: float  # Ultralytics' validator on the run's best.pt
     best_pt_epoch: int  # the epoch best.pt holds (1-based)
     recipe: dict
+    clock: list[float] = field(default_factory=list)  # the run's own clock after each epoch's validation (s)
+    seen: list[float] = field(default_factory=list)  # s from the command's start until each epoch's CSV row appeared
 
     @property
     def best(self) -> float:
@@ -108,6 +122,27 @@ class Result:
     def val_diff(self) -> float:
         return self.val_map - self.logged_at_best_pt
 
+    @property
+    def epoch_ends(self) -> list[float] | None:
+        """Wall seconds from the command's start until each epoch's result was logged: as this script saw the
+        CSV rows appear; for runs recorded before it watched, wall - (clock at the end - clock then), which
+        also counts the run's tail after its last epoch. None without either."""
+        if len(self.seen) == len(self.curve):
+            return self.seen
+        if len(self.clock) != len(self.curve):
+            return None
+        return [self.wall_s - (self.clock[-1] - c) for c in self.clock]
+
+    def time_to(self, target: float) -> float | None:
+        """Wall seconds from the process start until the end of the first epoch logging >= `target`; None when
+        never reached (or when the run predates the per-epoch clock)."""
+        return first_reaching(self.curve, self.epoch_ends, target)
+
+
+def first_reaching(curve: list[float], ends: list[float] | None, target: float) -> float | None:
+    epoch = next((i for i, m in enumerate(curve) if m >= target), None)
+    return None if epoch is None or ends is None else ends[epoch]
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,7 +151,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-val", type=int, default=64)
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--seeds", default="0,1,2", help="comma list; every config runs once per seed")
-    p.add_argument("--model", default="yolov8n.yaml")
+    p.add_argument("--model", default="yolov8n.yaml", help="a model yaml both sides build, e.g. yolo26n.yaml")
     p.add_argument("--imgsz", type=int, default=256)
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch", type=int, default=16, help="B, the global batch (ours_1x8acc2: B/2 per step, accumulated to nbs)")
@@ -170,7 +205,8 @@ def recipe(config: str, a: argparse.Namespace, data_yaml: Path, translate: bool)
 def our_overrides(config: str, a: argparse.Namespace, data_yaml: Path, seed: int, run_dir: Path,
                   translate: bool) -> list[str]:
     """Every recipe value explicit: `train=default` keeps the launcher from adding the CPU profile."""
-    nproc, batch = {"ours_2x8": (2, a.batch), "ours_1x8acc2": (1, a.batch // 2), "ours_1x16": (1, a.batch)}[config]
+    nproc, batch = {"ours_2x8": (2, a.batch), "ours_1x8acc2": (1, a.batch // 2), "ours_1x16": (1, a.batch),
+                    "ours_default": ("auto", a.batch)}[config]
     return [
         "+experiment=pcb_defects", "train=default", "data=custom", f"data.path={data_yaml}", f"model.cfg={a.model}",
         f"data.imgsz={a.imgsz}", f"train.epochs={a.epochs}", f"train.batch={batch}", f"train.nbs={a.nbs}",
@@ -194,18 +230,32 @@ def _env() -> dict[str, str]:
     return {**os.environ, "YOLO_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _run_logged(cmd: list[str], log: Path, cwd: Path) -> float:
-    """Run to completion with stdout and stderr in `log`; the wall time in seconds."""
+def _rows(csv_path: Path) -> int:
+    try:
+        return max(0, len(csv_path.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def _run_logged(cmd: list[str], log: Path, cwd: Path, watch: Path) -> tuple[float, list[float]]:
+    """Run to completion with stdout and stderr in `log`. Returns the wall time in seconds, and when (s since
+    the start, to within POLL_S) each data row of the run's per-epoch CSV `watch` first appeared: the same
+    observer times both trainers, from their command's start (setup included) to each epoch's logged result."""
     t0 = time.perf_counter()
+    seen: list[float] = []
     with log.open("w") as f:
-        code = subprocess.run(cmd, cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT).returncode
-    if code:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=f, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            time.sleep(POLL_S)
+            seen += [time.perf_counter() - t0] * (_rows(watch) - len(seen))
+    if proc.returncode:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise RunFailed(f"exit {code}; log {log}, last lines:\n{tail}")
-    return time.perf_counter() - t0
+        raise RunFailed(f"exit {proc.returncode}; log {log}, last lines:\n{tail}")
+    return time.perf_counter() - t0, seen
 
 
-def train_ultralytics(a: argparse.Namespace, data_yaml: Path, seed: int, run_dir: Path) -> tuple[float, list[float]]:
+def train_ultralytics(a: argparse.Namespace, data_yaml: Path, seed: int,
+                      run_dir: Path) -> tuple[float, list[float], list[float], list[float]]:
     args = {
         "model": a.model, "data": str(data_yaml), "imgsz": a.imgsz, "epochs": a.epochs, "batch": a.batch,
         "nbs": a.nbs, "optimizer": a.optimizer, "lr0": a.lr0, "warmup_epochs": a.warmup_epochs,
@@ -213,19 +263,21 @@ def train_ultralytics(a: argparse.Namespace, data_yaml: Path, seed: int, run_dir
         "workers": 0, "amp": False, "plots": False, "val": True, "project": str(run_dir.parent),
         "name": run_dir.name, "exist_ok": True, "verbose": False,
     }
-    wall = _run_logged([sys.executable, "-c", TRAIN_SNIPPET, json.dumps(args)], run_dir.with_suffix(".log"), OUT)
-    return wall, _curve(run_dir / "results.csv", "metrics/mAP50-95(B)")
+    wall, seen = _run_logged([sys.executable, "-c", TRAIN_SNIPPET, json.dumps(args)], run_dir.with_suffix(".log"),
+                             OUT, run_dir / "results.csv")
+    return (wall, _curve(run_dir / "results.csv", "metrics/mAP50-95(B)"), _curve(run_dir / "results.csv", "time"),
+            seen)
 
 
 def train_ours(config: str, a: argparse.Namespace, data_yaml: Path, seed: int, run_dir: Path,
-               translate: bool) -> tuple[float, list[float]]:
+               translate: bool) -> tuple[float, list[float], list[float], list[float]]:
     cmd = [sys.executable, "-m", "launcher", *our_overrides(config, a, data_yaml, seed, run_dir, translate)]
-    wall = _run_logged(cmd, run_dir.with_suffix(".log"), REPO)
-    return wall, _curve(run_dir / "metrics.csv", "mAP50-95")
+    wall, seen = _run_logged(cmd, run_dir.with_suffix(".log"), REPO, run_dir / "metrics.csv")
+    return wall, _curve(run_dir / "metrics.csv", "mAP50-95"), _curve(run_dir / "metrics.csv", "elapsed_s"), seen
 
 
 def _curve(path: Path, column: str) -> list[float]:
-    """The mAP50-95 of every epoch, in order (Ultralytics pads its CSV header with spaces in some versions)."""
+    """A column's value for every epoch, in order (Ultralytics pads its CSV header with spaces in some versions)."""
     with path.open(newline="") as f:
         rows = [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
     curve = [float(r[column]) for r in rows if r.get(column)]
@@ -255,8 +307,10 @@ def best_pt_epoch(config: str, stored: int | None, curve: list[float]) -> int:
 
 
 def _batches(a: argparse.Namespace) -> str:
-    """A suffix for a batch or nbs other than the default 16/16, so those runs keep their own dirs."""
-    return "" if (a.batch, a.nbs) == (16, 16) else f"-b{a.batch}-nbs{a.nbs}"
+    """A suffix for a model other than yolov8n, and a batch or nbs other than the default 16/16, so those runs
+    keep their own dirs."""
+    model = "" if a.model == "yolov8n.yaml" else f"-{Path(a.model).stem}"
+    return model + ("" if (a.batch, a.nbs) == (16, 16) else f"-b{a.batch}-nbs{a.nbs}")
 
 
 def _variant(a: argparse.Namespace) -> str:
@@ -278,15 +332,16 @@ def run_one(config: str, seed: int, a: argparse.Namespace, data_name: str, data_
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     print(f"{config} seed {seed}: training, log {run_dir.with_suffix('.log')}", flush=True)
     if config == "ultralytics":
-        wall, curve = train_ultralytics(a, data_yaml, seed, run_dir)
+        wall, curve, clock, seen = train_ultralytics(a, data_yaml, seed, run_dir)
         weights = run_dir / "weights" / "best.pt"
     else:
-        wall, curve = train_ours(config, a, data_yaml, seed, run_dir, translate)
+        wall, curve, clock, seen = train_ours(config, a, data_yaml, seed, run_dir, translate)
         weights = run_dir / "best.pt"
     if len(curve) != a.epochs:
         raise RunFailed(f"{run_dir}: {len(curve)} validated epochs logged, expected {a.epochs}")
     val_map, stored = yolo_val(weights, data_yaml, a.imgsz, run_dir)
-    result = Result(config, seed, curve, round(wall, 1), val_map, best_pt_epoch(config, stored, curve), want)
+    result = Result(config, seed, curve, round(wall, 1), val_map, best_pt_epoch(config, stored, curve), want,
+                    [round(c, 1) for c in clock], [round(t, 2) for t in seen])
     (run_dir / RESULT_FILE).write_text(json.dumps(asdict(result), indent=1))
     return result
 
@@ -335,6 +390,56 @@ def summary_table(results: list[Result], configs: list[str]) -> str:
                      "max abs(yolo val - logged)", "mean wall s"], rows)
 
 
+def tta_table(results: list[Result], configs: list[str]) -> str:
+    """Per config: wall time to Ultralytics' best mAP50-95 of the same seed, and its ratio to Ultralytics' own."""
+    base = {r.seed: r for r in results if r.config == "ultralytics"}
+    rows = []
+    for c in configs:
+        pairs = [(r.time_to(base[r.seed].best), base[r.seed].time_to(base[r.seed].best))
+                 for r in results if r.config == c and r.seed in base]
+        if not pairs:
+            continue
+        reached = [(ours, ref) for ours, ref in pairs if ours is not None and ref]
+        per_seed = " ".join(f"{ours / ref:.2f}" if ours is not None and ref else "never" for ours, ref in pairs)
+        ratio = f"{sum(o for o, _ in reached) / sum(r for _, r in reached):.2f}" if reached else "-"
+        rows.append([c, f"{len(reached)}/{len(pairs)}", per_seed, ratio,
+                     f"{statistics.mean(o for o, _ in reached):.0f}" if reached else "-",
+                     f"{statistics.mean(r for _, r in reached):.0f}" if reached else "-"])
+    return md_table(["config", "seeds reaching it", "time / Ultralytics' time, per seed",
+                     "sum of times / Ultralytics' sum", "mean s", "Ultralytics' mean s"], rows)
+
+
+def mean_tta_table(results: list[Result], configs: list[str]) -> str:
+    """Over seeds: each config's seed-mean curve against the best of Ultralytics' seed-mean curve, each epoch
+    at its seed-mean wall time. One seed's best is partly luck (a lucky epoch sets a target no other run hits);
+    the mean curve is the recipe's expected progress."""
+    def mean_curve(rs: list[Result]) -> tuple[list[float], list[float] | None]:
+        n = min(len(r.curve) for r in rs)
+        ends = [r.epoch_ends for r in rs]
+        curve = [statistics.mean(r.curve[e] for r in rs) for e in range(n)]
+        return curve, None if None in ends else [statistics.mean(x[e] for x in ends) for e in range(n)]
+
+    base_rs = [r for r in results if r.config == "ultralytics"]
+    if not base_rs:
+        return "(no ultralytics runs)"
+    base_curve, base_ends = mean_curve(base_rs)
+    target = max(base_curve)
+    ref = first_reaching(base_curve, base_ends, target)
+    rows = []
+    for c in configs:
+        rs = [r for r in results if r.config == c]
+        if not rs:
+            continue
+        curve, ends = mean_curve(rs)
+        t = first_reaching(curve, ends, target)
+        epoch = next((i + 1 for i, m in enumerate(curve) if m >= target), None)
+        rows.append([c, len(rs), f"{max(curve):.4f}", epoch or "never", f"{t:.0f}" if t is not None else "-",
+                     f"{t / ref:.2f}" if t is not None and ref else "-"])
+    return (f"Target: {target:.4f}, the best of Ultralytics' seed-mean curve.\n\n"
+            + md_table(["config", "seeds", "best of the mean curve", "first epoch at target", "mean s to target",
+                        "time / Ultralytics' time"], rows))
+
+
 def curve_table(results: list[Result], configs: list[str]) -> str:
     """Mean validation mAP50-95 per epoch over seeds, one column per config."""
     by = {c: [r.curve for r in results if r.config == c] for c in configs}
@@ -358,6 +463,8 @@ def report(a: argparse.Namespace, data_name: str, results: list[Result], failure
         "'yolo val best.pt' is Ultralytics' validator re-run on the run's best.pt; 'logged for best.pt' is what the "
         "run logged for the epoch best.pt holds.", "",
         "## Summary", "", summary_table(results, a.configs), "",
+        "## Time to Ultralytics' best mAP50-95 (same seed)", "", tta_table(results, a.configs), "",
+        "## Time to the best of Ultralytics' seed-mean curve", "", mean_tta_table(results, a.configs), "",
         "## Mean mAP50-95 per epoch", "", curve_table(results, a.configs), "",
     ]
     for seed in a.seeds:
