@@ -67,8 +67,9 @@ def test_oom_in_a_syncbn_forward_restarts_the_job_and_ends_with_the_same_steps(t
 
 
 def test_oom_in_the_synchronising_backward_resumes_from_an_in_epoch_checkpoint(tmp_path: Path) -> None:
-    # Steps take ~1 s here: train.save_every_s=1 stands in for the default 120 s of a run that long.
-    run_dir, log = run_job(tmp_path, "backward:4:0", "train.save_every_s=1")
+    # train.save_every_s=0.01 stands in for the default 120 s of a longer run: a time-based in-epoch last.pt after
+    # every step, whatever this machine's step time (1 s let fast steps reach the OOM before any save: flaky).
+    run_dir, log = run_job(tmp_path, "backward:4:0", "train.save_every_s=0.01")
     assert "inside the gradient all-reduce's backward" in log  # rank 0's failure
     assert "OOM restart 1 of 3: a rank ran out of memory inside a collective at optimizer step 4; starting the job " \
            "again from last.pt" in log
