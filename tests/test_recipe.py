@@ -66,7 +66,7 @@ def ours(plan_train: TrainConfig, n_images: int, nc: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["SGD", "AdamW", "auto"])
+@pytest.mark.parametrize("optimizer", ["SGD", "AdamW", "auto", "Adam", "RMSProp", "NAdam"])
 def test_lr_and_momentum_per_step_match_ultralytics(tiny_data, tmp_path, optimizer):
     """accumulate 1 (nbs = batch): every batch is a step on both sides, so every step's values compare."""
     recipe = dict(epochs=3, batch=4, nbs=4, warmup_epochs=2.0, lr0=0.01, lrf=0.1, optimizer=optimizer)

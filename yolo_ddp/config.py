@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-OPTIMIZERS = ("auto", "SGD", "AdamW", "MuSGD")
+OPTIMIZERS = ("auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp")  # `yolo train`'s
 LOSS_NORMS = ("global", "per_batch")
 DATA_BACKENDS = ("auto", "dali", "torch")
 SYNTHETIC_DATA = "pcb_defects"  # the only data set that needs no files

@@ -26,8 +26,10 @@ from yolo_ddp.memory.dali_buffers import DaliBuffers
 # fp32 state tensors per parameter: SGD momentum; AdamW's two moments; MuSGD (Ultralytics) keeps a Muon momentum
 # and an SGD momentum for the matrices and conv filters it orthogonalises (ndim 2 or 4), one SGD momentum for the
 # rest; auto picks AdamW or MuSGD, so it plans for the larger
+# fp32 state tensors per parameter, as Ultralytics builds each optimizer (RMSProp with its momentum: 2).
 OPTIMIZER_COPIES = {"SGD": lambda p: 1, "AdamW": lambda p: 2, "MuSGD": lambda p: 2 if p.ndim in (2, 4) else 1,
-                    "auto": lambda p: 2}
+                    "Adam": lambda p: 2, "Adamax": lambda p: 2, "NAdam": lambda p: 2, "RAdam": lambda p: 2,
+                    "RMSProp": lambda p: 2, "auto": lambda p: 2}
 BACKWARD_TRANSIENT = 0.25  # activation-gradient buffers alive during backward, as a fraction of saved activations
 GiB = 2**30
 
