@@ -112,8 +112,8 @@ def test_val_loader_sees_every_image_once(tmp_path: Path) -> None:
 
 def test_build_loader_rejects_bad_settings(tmp_path: Path) -> None:
     idx = make_index(tmp_path)
-    with pytest.raises(ValueError, match="mixup"):
-        build_loader(idx, IMGSZ, 2, 0, train=True, augment={"mixup": 1.0})
+    with pytest.raises(ValueError, match="copy_paste"):  # segmentation-only: no detection key takes it
+        build_loader(idx, IMGSZ, 2, 0, train=True, augment={"copy_paste": 1.0})
     with pytest.raises(ValueError, match="loader_batches_per_epoch"):  # the old drop-the-tail count
         build_loader(idx, IMGSZ, 2, 0, train=True, batches_per_epoch=3)
     assert next(iter(build_loader(idx, IMGSZ, 8, 0, train=True)))["img"].shape[0] == 7  # one short batch

@@ -77,6 +77,25 @@ class DataConfig:
     scale: float = 0.5
     translate: float = 0.1
     close_mosaic: int = 10  # no mosaic in the last N epochs, as Ultralytics
+    # The rest of `yolo train`'s augmentation, with its meaning and defaults (off): RandomPerspective's rotation
+    # (+-degrees), shear (+-degrees) and perspective; vertical flip and RGB<->BGR swap probabilities; MixUp and
+    # CutMix probabilities (closed with the mosaic). The torch backend runs Ultralytics' own v8_transforms; the
+    # DALI pipeline has none of these, so a non-zero value needs data.backend=torch (auto picks it).
+    degrees: float = 0.0
+    shear: float = 0.0
+    perspective: float = 0.0
+    flipud: float = 0.0
+    bgr: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    # Label selection, as `yolo train`: single_cls trains every class as one ("item"); classes keeps only the
+    # listed class ids (train and val); fraction uses the first part of the sorted train images (a ratio, an image
+    # count > 1, or [train, val, test] values).
+    single_cls: bool = False
+    classes: Any = None
+    fraction: Any = 1.0
+    # `yolo train cache=`: ram/disk/true land with the node-shared image cache (issue 24); refused until then.
+    cache: Any = False
     # Validate as Ultralytics' validator: batches of images sorted by aspect ratio, each letterboxed to its own
     # rectangle (multiple of 32, pad 0.5). false: every image letterboxed to imgsz x imgsz (cheaper to pad, but
     # mAP then differs from `yolo val`).
@@ -97,8 +116,34 @@ class DataConfig:
         _check(self.close_mosaic >= 0, "data.close_mosaic", "must be >= 0 epochs.")
         _check(0.0 <= self.scale < 1.0, "data.scale", "must be in [0, 1).")
         _check(0.0 <= self.translate <= 1.0, "data.translate", "is a fraction of imgsz and must be in [0, 1].")
-        for key in ("hsv_h", "hsv_s", "hsv_v", "fliplr", "mosaic"):
+        for key in ("hsv_h", "hsv_s", "hsv_v", "fliplr", "mosaic", "flipud", "bgr", "mixup", "cutmix"):
             _check(0.0 <= getattr(self, key) <= 1.0, f"data.{key}", "must be in [0, 1].")
+        _check(0.0 <= self.degrees <= 180.0, "data.degrees", "is a rotation range in degrees and must be in [0, 180].")
+        _check(0.0 <= self.shear <= 90.0, "data.shear", "is a shear range in degrees and must be in [0, 90].")
+        _check(0.0 <= self.perspective <= 0.001, "data.perspective", "must be in [0, 0.001] (Ultralytics' range).")
+        classes = self.classes
+        _check(classes is None or (isinstance(classes, (list, tuple)) and len(classes) > 0
+                                   and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes))
+               or (isinstance(classes, int) and not isinstance(classes, bool) and classes >= 0), "data.classes",
+               f"got {classes!r}; give class ids to keep, e.g. data.classes=[0,2], or leave it null for all.")
+        _check(_fraction_ok(self.fraction), "data.fraction",
+               f"got {self.fraction!r}; use a ratio in (0, 1], an image count > 1, or [train, val, test] values, "
+               "as `yolo train fraction=`.")
+        _check(self.cache in (False, None, "false", "False", ""), "data.cache",
+               f"got {self.cache!r}. `yolo train cache=ram|disk` keeps one copy per rank; yolo-ddp's replacement, one "
+               "node-shared image cache, is not built yet (issue 24 \"Data at GPU speed without DALI\"). Remove "
+               "data.cache (or set it false); the label index under data.cache_dir is cached already.")
+
+
+def _fraction_ok(fraction: Any) -> bool:
+    def one(v: Any, allow_zero: bool) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        return v > 0 or (allow_zero and v == 0)
+
+    if isinstance(fraction, (list, tuple)):
+        return 1 <= len(fraction) <= 3 and all(one(v, allow_zero=i == 2) for i, v in enumerate(fraction))
+    return one(fraction, allow_zero=False) and (isinstance(fraction, int) or fraction <= 1.0)
 
 
 @dataclass
@@ -107,6 +152,9 @@ class ModelConfig:
     cfg: str = "yolov8n.yaml"
     # Optional local .pt to initialise from (never downloaded).
     weights: str = ""
+    # `yolo train cls_remap`: when the .pt was trained on other classes, copy its class-head rows to ours by class
+    # name (case-insensitive); false: only layers whose shapes match load, as before Ultralytics 8.4.
+    cls_remap: bool = True
 
     def __post_init__(self) -> None:
         _check(self.cfg.endswith((".yaml", ".yml")), "model.cfg",
@@ -156,6 +204,16 @@ class TrainConfig:
     patience: int = 100
     freeze: Any = None
     save_period: int = -1
+    # Ultralytics' `time`: hours of training that override epochs. After each epoch the run re-estimates its epochs
+    # from the mean epoch time (LR schedule, close_mosaic and the last validation follow), and it ends, validated
+    # and saved, at the first optimizer step past the budget. null: train.epochs.
+    time: Any = None
+    # Ultralytics' `deterministic`: deterministic algorithms where torch has them (warn_only), cuDNN deterministic
+    # and benchmark off (overrides train.cudnn_benchmark), CUBLAS_WORKSPACE_CONFIG set. false: fastest kernels.
+    deterministic: bool = True
+    # Ultralytics' `cls_pw`: classification loss weights from inverse class frequency in the train labels, raised
+    # to this power (0: off, 1: full inverse frequency), normalised to mean 1.
+    cls_pw: float = 0.0
     conf: float = 0.001  # validation NMS thresholds (Ultralytics' defaults)
     iou: float = 0.7
     max_det: int = 300
@@ -174,7 +232,9 @@ class TrainConfig:
     # or an OOM restart redoes at most that much training; and every N optimizer steps (0: off).
     save_every_s: float = 120.0
     save_every_steps: int = 0
-    multi_scale: list[float] = field(default_factory=list)  # e.g. [0.5, 1.5]: random imgsz per batch
+    # Random imgsz per optimizer step: [low, high] factors (e.g. [0.5, 1.5]), or `yolo train`'s float f, which is
+    # [1 - f, 1 + f]; [] or 0: off.
+    multi_scale: Any = field(default_factory=list)
     # Progressive resize: [[first epoch, imgsz], ...], e.g. [[0, 320], [10, 640]]; empty = data.imgsz throughout.
     imgsz_schedule: list[list[int]] = field(default_factory=list)
     # Speed switches (yolo_ddp/engine/speed.py says what each does; bench/RESULTS.md what each measured).
@@ -195,6 +255,13 @@ class TrainConfig:
         _check(self.oom_restarts >= 0, "train.oom_restarts", "must be >= 0 (0: an OOM inside a collective ends the run).")
         _check(self.save_every_s >= 0, "train.save_every_s", "must be >= 0 (0: no time-based checkpoints).")
         _check(self.save_every_steps >= 0, "train.save_every_steps", "must be >= 0 (0: only at epoch ends).")
+        if isinstance(self.multi_scale, (int, float)) and not isinstance(self.multi_scale, bool):
+            _check(0 <= self.multi_scale < 1, "train.multi_scale",
+                   f"got {self.multi_scale}; `yolo train`'s float is a fraction of imgsz in [0, 1), e.g. 0.5.")
+            f = float(self.multi_scale)
+            self.multi_scale = [1.0 - f, 1.0 + f] if f > 0 else []
+        _check(isinstance(self.multi_scale, (list, tuple)), "train.multi_scale",
+               f"got {self.multi_scale!r}; use [low, high] or a float fraction such as 0.5.")
         _check(not self.multi_scale or (len(self.multi_scale) == 2 and 0 < self.multi_scale[0] <= 1 <= self.multi_scale[1]),
                "train.multi_scale", f"got {list(self.multi_scale)}; use [low, high] around 1, e.g. [0.5, 1.5], or [].")
         _check(all(len(p) == 2 and p[0] >= 0 and p[1] >= 32 and p[1] % 32 == 0 for p in self.imgsz_schedule),
@@ -215,6 +282,10 @@ class TrainConfig:
         _check(self.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0.")
         _check(self.val_every >= 1, "train.val_every", "must be >= 1.")
         _check(self.patience >= 0, "train.patience", "must be >= 0 (0: no early stopping).")
+        _check(self.time is None or (isinstance(self.time, (int, float)) and not isinstance(self.time, bool)
+                                     and self.time > 0), "train.time",
+               f"got {self.time!r}; give the training budget in hours (e.g. train.time=1.5), or null for train.epochs.")
+        _check(0.0 <= self.cls_pw <= 1.0, "train.cls_pw", "must be in [0, 1] (0: off), as Ultralytics asserts.")
         freeze = self.freeze
         _check(freeze is None or (isinstance(freeze, int) and not isinstance(freeze, bool) and freeze >= 0)
                or (isinstance(freeze, (list, tuple)) and all(isinstance(i, int) and i >= 0 for i in freeze)),

@@ -16,14 +16,33 @@ from yolo_ddp.config import DataConfig
 from yolo_ddp.data.dataset import DatasetIndex
 
 log = logging.getLogger(__name__)
+# `yolo train` augmentations the DALI pipeline does not implement (yolo_ddp/data/dali.py): only the torch
+# backend, which runs Ultralytics' own v8_transforms, applies them.
+TORCH_ONLY_AUGMENT = ("degrees", "shear", "perspective", "flipud", "bgr", "mixup", "cutmix")
+AUGMENT_KEYS = ("hsv_h", "hsv_s", "hsv_v", "fliplr", "mosaic", "scale", "translate", *TORCH_ONLY_AUGMENT)
+
+
+def torch_only_augment(data: DataConfig) -> list[str]:
+    """The run's non-zero augmentations that only the torch backend applies, as `key=value`."""
+    return [f"data.{k}={getattr(data, k)}" for k in TORCH_ONLY_AUGMENT if getattr(data, k)]
 
 
 def resolve_backend(data: DataConfig, device: torch.device) -> str:
+    needs_torch = torch_only_augment(data)
     if data.backend != "auto":
         if data.backend == "dali":
+            if needs_torch:
+                raise ValueError(
+                    f"data.backend=dali cannot apply {', '.join(needs_torch)}: the DALI pipeline implements mosaic, "
+                    "the scale/translate affine, HSV and horizontal flips only. Set data.backend=torch (Ultralytics' "
+                    "own transforms, every `yolo train` augmentation) or set those keys to 0."
+                )
             _require_dali()
         return data.backend
     if device.type != "cuda":
+        return "torch"
+    if needs_torch:
+        log.info("data.backend=auto: the torch backend, as DALI cannot apply %s", ", ".join(needs_torch))
         return "torch"
     try:
         _require_dali()
@@ -80,8 +99,7 @@ def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batc
                                start_batch=start_batch)
     from yolo_ddp.data.torch_loader import build_loader
 
-    aug = {"hsv_h": data.hsv_h, "hsv_s": data.hsv_s, "hsv_v": data.hsv_v, "fliplr": data.fliplr,
-           "mosaic": data.mosaic, "scale": data.scale, "translate": data.translate}
+    aug = {k: getattr(data, k) for k in AUGMENT_KEYS}
     return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=True, seed=seed, augment=aug,
                         pin_memory=device.type == "cuda", start_epoch=start_epoch,
                         batches_per_epoch=batches_per_epoch, mosaic_until=max(0, epochs - data.close_mosaic),

@@ -17,15 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
-from ultralytics.data.augment import (
-    Compose,
-    Format,
-    LetterBox,
-    Mosaic,
-    RandomFlip,
-    RandomHSV,
-    RandomPerspective,
-)
+from ultralytics.cfg import get_cfg
+from ultralytics.data.augment import Compose, Format, LetterBox, v8_transforms
 from ultralytics.data.base import BaseDataset
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.utils.instance import Instances
@@ -35,9 +28,12 @@ from yolo_ddp.data.dataset import DatasetIndex
 from yolo_ddp.dist import get_rank, get_world_size
 from yolo_ddp.plan import loader_batches_per_epoch
 
-# Ultralytics' default hyperparameters for the augmentations this backend supports.
+# `yolo train`'s augmentation hyperparameters this backend takes, with Ultralytics' defaults (mosaic: off here).
 AUGMENT_DEFAULTS: dict[str, float] = {"hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "fliplr": 0.5, "mosaic": 0.0,
-                                      "translate": 0.1, "scale": 0.5}
+                                      "translate": 0.1, "scale": 0.5, "degrees": 0.0, "shear": 0.0,
+                                      "perspective": 0.0, "flipud": 0.0, "bgr": 0.0, "mixup": 0.0, "cutmix": 0.0}
+# What Ultralytics' `close_mosaic` turns off (YOLODataset.close_mosaic).
+CLOSED_BY_MOSAIC = ("mosaic", "mixup", "cutmix")
 # Rectangular validation as Ultralytics' validator builds it: stride = the model's largest (32 for YOLOv8/11),
 # pad = 0.5 (build_yolo_dataset's value for mode != "train").
 RECT_STRIDE, RECT_PAD = 32, 0.5
@@ -97,10 +93,11 @@ def check_batches_per_epoch(n: int, world: int, batch_per_rank: int, given: int 
 class YoloDataset(Dataset[dict[str, Any]]):
     """Training samples in Ultralytics' order, or letterboxed validation samples.
 
-    Training (`augment=True`), as Ultralytics' `v8_transforms`: the image resized so its long side is imgsz
-    (`load_image`) → `Mosaic` (in epochs before `mosaic_until`, when mosaic > 0) → `RandomPerspective` (translate,
-    scale; also without mosaic, as Ultralytics where closing the mosaic only sets its p to 0) → HSV → flip. The
-    sampler passes `(index, epoch)` so workers know the epoch without being rebuilt.
+    Training (`augment=True`): Ultralytics' own `v8_transforms` and `Format(bgr=)`, built twice as its
+    `YOLODataset` builds them: with the run's mosaic/mixup/cutmix for epochs before `mosaic_until`, and with those
+    zeroed after (its `close_mosaic`). Each sample starts from `load_image` (long side imgsz). The sampler passes
+    `(index, epoch)` so workers know the epoch without being rebuilt. Same seed, same output as Ultralytics'
+    dataset (tests/test_yolo_args.py).
 
     Validation: with `rect_shapes` (image index → its batch's (h, w)), Ultralytics' rect validation:
     `load_image` then `LetterBox(scaleup=False)` into the batch shape; without, a square letterbox to imgsz.
@@ -117,36 +114,33 @@ class YoloDataset(Dataset[dict[str, Any]]):
         index: DatasetIndex,
         imgsz: int,
         augment: bool,
-        hsv_h: float = 0.015,
-        hsv_s: float = 0.7,
-        hsv_v: float = 0.4,
-        fliplr: float = 0.5,
-        mosaic: float = 0.0,
-        scale: float = 0.5,
         mosaic_until: int = 0,
-        translate: float = 0.1,
         rect_shapes: dict[int, tuple[int, int]] | None = None,
+        **hyp: float,
     ) -> None:
         self.index, self.imgsz, self.augment, self.mosaic_until = index, imgsz, augment, mosaic_until
         self.rect_shapes = rect_shapes
+        self.data: dict[str, Any] = {}  # v8_transforms reads data.yaml extras (flip_idx) from it; detection has none
         self.buffer: list[int] = []  # Mosaic reads it; `_resized` holds their pixels
         self._resized: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
-        fmt = Format(bbox_format="xywh", normalize=True, return_mask=False, return_keypoint=False, batch_idx=True)
         self.mosaic_transforms = None
         if augment:
-            affine = RandomPerspective(degrees=0.0, translate=translate, scale=scale, shear=0.0, perspective=0.0,
-                                       size=(imgsz, imgsz))
-            tail = [affine, RandomHSV(hgain=hsv_h, sgain=hsv_s, vgain=hsv_v),
-                    RandomFlip(p=fliplr, direction="horizontal"), fmt]
-            # Without mosaic the sample skips `Mosaic` rather than passing a p=0 one: same result.
-            self.transforms = Compose(tail)
-            if mosaic > 0:
-                self.mosaic_transforms = Compose([Mosaic(self, imgsz=imgsz, p=mosaic), *tail])
+            hyp = _hyp(hyp)
+            closed = {**hyp, **dict.fromkeys(CLOSED_BY_MOSAIC, 0.0)}
+            self.transforms = self._train_transforms(closed)
+            if any(hyp[k] > 0 for k in CLOSED_BY_MOSAIC):
+                self.mosaic_transforms = self._train_transforms(hyp)
         elif rect_shapes is not None:  # the batch shape arrives as the label's rect_shape, as in Ultralytics
-            self.transforms = Compose([LetterBox(new_shape=imgsz, scaleup=False), fmt])
+            self.transforms = Compose([LetterBox(new_shape=imgsz, scaleup=False), _format(0.0)])
         else:
             self.transforms = Compose([LetterBox(new_shape=(imgsz, imgsz), auto=False, scaleup=True, center=True),
-                                       fmt])
+                                       _format(0.0)])
+
+    def _train_transforms(self, hyp: dict[str, float]) -> Compose:
+        ns = get_cfg(overrides={**hyp, "copy_paste": 0.0})  # Ultralytics' own namespace (copy_paste_mode, ...)
+        transforms = v8_transforms(self, self.imgsz, ns)
+        transforms.append(_format(ns.bgr))
+        return transforms
 
     def __len__(self) -> int:
         return len(self.index)
@@ -208,6 +202,11 @@ class YoloDataset(Dataset[dict[str, Any]]):
         label = self._label(i, img, img.shape[:2])
         label["ratio_pad"] = (1.0, 1.0)  # LetterBox turns this into ((r, r), (padw, padh))
         return self.transforms(label)
+
+
+def _format(bgr: float) -> Format:
+    return Format(bbox_format="xywh", normalize=True, return_mask=False, return_keypoint=False, batch_idx=True,
+                  bgr=bgr)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
