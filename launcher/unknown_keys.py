@@ -38,7 +38,7 @@ def refuse_unknown_keys(cfg: DictConfig, schema: type) -> None:
     parts = [f"'{key}'" + (f" (did you mean '{close}'?)" if close else "") for key, close in bad]
     fix = bad[0][1]
     raise ValueError(
-        f"Unknown config key(s) {', '.join(parts)}: not in the typed schema (yolo_ddp/config.py), so the setting "
+        f"Unknown config key(s) {', '.join(parts)}: not in the typed schema (yolo_ddp/config/), so the setting "
         f"would be ignored. A '+' prefix adds a key Hydra would otherwise refuse; "
         + (f"write {fix}=... without the '+'." if fix else "remove it, or see `--cfg job` for the valid keys.")
     )

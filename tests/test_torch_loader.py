@@ -126,13 +126,18 @@ def test_stream_epochs_are_whole_shuffles_and_resume_where_they_left_off() -> No
     inner = torch.utils.data.DistributedSampler(range(10), num_replicas=3, rank=0, shuffle=True, seed=5,
                                                 drop_last=False)
     inner.set_epoch(1)
-    assert sum(epoch1, []) == [(i, 1) for i in inner] and epoch0 != epoch1
-    assert {e for b in epoch0 for _, e in b} == {0}  # the dataset learns the epoch (mosaic until close_mosaic)
+    assert sum(epoch1, []) == [(i, 1, False) for i in inner] and epoch0 != epoch1
+    assert {e for b in epoch0 for _, e, _ in b} == {0}  # the dataset learns the epoch (mosaic until close_mosaic)
     resumed = iter(EpochBatchSampler(10, 2, 0, 3, seed=5, start_epoch=1))
     assert [next(resumed) for _ in range(2)] == epoch1
     mid = iter(EpochBatchSampler(10, 2, 0, 3, seed=5, start_epoch=0, start_batch=1))
     assert [next(mid) for _ in range(3)] == epoch0[1:] + epoch1
     assert [len(b) for b in itertools.islice(iter(EpochBatchSampler(10, 3, 2, 3)), 4)] == [3, 1, 3, 1]
+    moving = EpochBatchSampler(10, 2, 0, 3, seed=5, mosaic_until=2)  # the mosaic decision is read per batch
+    it = iter(moving)
+    assert next(it)[0][2] is True
+    moving.mosaic_until = 0  # a re-planned run (train.time) closes it now
+    assert next(it)[0][2] is False
 
 
 def test_mosaic_until_close_mosaic(tmp_path: Path) -> None:

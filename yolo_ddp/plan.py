@@ -117,6 +117,13 @@ def agree_amp_mode(requested: str, device: torch.device) -> str:
     return AMP_ORDER[int(dist.all_reduce_min(float(local), device))]
 
 
+def time_budget_epochs(hours: float, elapsed_s: float, session_epochs: int, done: int) -> int:
+    """`yolo train time=`: the run's epochs re-estimated after an epoch, ceil(budget / mean epoch time of this
+    session), as Ultralytics' trainer does; never fewer than the epochs already done (then the run ends)."""
+    mean = elapsed_s / max(session_epochs, 1)
+    return max(math.ceil(hours * 3600 / max(mean, 1e-9)), done)
+
+
 def make_plan(
     train: TrainConfig, imgsz: int, world_size: int, amp: str, device_type: str, train_images: int
 ) -> RunPlan:

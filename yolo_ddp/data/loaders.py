@@ -106,6 +106,13 @@ def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batc
                         start_batch=start_batch, rank=rank, world=world)
 
 
+def set_mosaic_until(stream: Iterable[dict[str, Any]], epoch: int) -> None:
+    """Close the mosaic from `epoch` on in a running train stream (train.time re-plans the run's epochs). Both
+    backends decide per batch in this process; batches already prefetched keep their decision."""
+    target = getattr(stream, "batch_sampler", stream)  # the torch DataLoader's EpochBatchSampler, or DaliTrainStream
+    target.mosaic_until = epoch
+
+
 def build_val_loader(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
                      device: torch.device, rank: int, world: int) -> Iterable[dict[str, Any]]:
     """Every image exactly once across ranks, re-iterable once per evaluation.

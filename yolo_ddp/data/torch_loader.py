@@ -188,9 +188,11 @@ class YoloDataset(Dataset[dict[str, Any]]):
         return self._label(i, img.copy(), hw0)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        i, epoch = item if isinstance(item, tuple) else (item, None)
+        i, epoch, *decided = item if isinstance(item, tuple) else (item, None)
         if self.augment:
-            mosaic = self.mosaic_transforms is not None and epoch is not None and epoch < self.mosaic_until
+            # The sampler decides in the main process (it may move mosaic_until: train.time re-plans epochs).
+            open_ = decided[0] if decided else epoch is not None and epoch < self.mosaic_until
+            mosaic = self.mosaic_transforms is not None and open_
             out = (self.mosaic_transforms if mosaic else self.transforms)(self.get_image_and_label(i))
             out["ratio_pad"] = ((1.0, 1.0), (0, 0))  # an augmented sample has no source geometry to undo
             return out
@@ -242,7 +244,8 @@ class ShardSampler(Sampler[int]):
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Epoch after epoch of DistributedSampler(shuffle, drop_last=False) shards, as one endless stream of batches
-    of (index, epoch).
+    of (index, epoch, mosaic): mosaic is epoch < `mosaic_until`, read when the batch is drawn, so a re-planned
+    run (train.time) moves close_mosaic without restarting the workers.
 
     Every image is trained every epoch: the shuffled order is padded with repeats from its start to a multiple
     of the world size, so each rank's shard has ceil(n / world) images, cut into full batches and one last
@@ -252,7 +255,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(self, n: int, batch_per_rank: int, rank: int, world_size: int, seed: int = 0,
-                 start_epoch: int = 0, start_batch: int = 0) -> None:
+                 start_epoch: int = 0, start_batch: int = 0, mosaic_until: int = 0) -> None:
+        self.mosaic_until = mosaic_until
         self.batches_per_epoch = check_batches_per_epoch(n, world_size, batch_per_rank, None)
         self.inner = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                         drop_last=False)
@@ -265,7 +269,8 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             self.inner.set_epoch(epoch)
             shard = list(self.inner)
             for b in range(skip, self.batches_per_epoch):
-                yield [(i, epoch) for i in shard[b * self.batch : (b + 1) * self.batch]]
+                mosaic = epoch < self.mosaic_until
+                yield [(i, epoch, mosaic) for i in shard[b * self.batch : (b + 1) * self.batch]]
             epoch, skip = epoch + 1, 0
 
 
@@ -310,7 +315,8 @@ def build_loader(
     if train:
         check_batches_per_epoch(len(index), world, batch_per_rank, batches_per_epoch)
         dataset = YoloDataset(index, imgsz, augment=True, mosaic_until=mosaic_until, **_hyp(augment))
-        sampler = EpochBatchSampler(len(index), batch_per_rank, rank, world, seed, start_epoch, start_batch)
+        sampler = EpochBatchSampler(len(index), batch_per_rank, rank, world, seed, start_epoch, start_batch,
+                                    mosaic_until)
         loader_args = {"batch_sampler": sampler}
     elif rect:
         batches = val_batches(index.shapes, imgsz, batch_per_rank, rank, world)

@@ -71,6 +71,6 @@ def after_step_hook(stop: StopSignal, guard: OOMGuard, heartbeat: Heartbeat, sav
                 save()
         if stopping or periodic or end_of_epoch:
             guard.checkpointed()  # the time-based clock restarts on every rank
-        return stopping
+        return stopping or guard.time_up  # train.time: the epoch loop validates and saves, then ends the run
 
     return after_step

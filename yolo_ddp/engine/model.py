@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from ultralytics.cfg import get_cfg
+from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
 from yolo_ddp.config import ModelConfig, TrainConfig
@@ -22,12 +25,26 @@ def build_model(
     cfg: ModelConfig, names: dict[int, str], train: TrainConfig, imgsz: int, verbose: bool = False
 ) -> DetectionModel:
     model = DetectionModel(cfg=cfg.cfg, nc=len(names), verbose=verbose)
-    model.names = dict(names)
     model.nc = len(names)
     model.args = loss_hyperparameters(train, imgsz)
     if cfg.weights:
+        # Ultralytics' model.load copies the .pt's class-head rows by class name when the model knows its target
+        # names (`yolo train cls_remap`); with the yaml's placeholder names it loads matching shapes only.
+        model.names = dict(names) if cfg.cls_remap else {i: str(i) for i in range(len(names))}
         load_local_weights(model, Path(cfg.weights))
+    model.names = dict(names)
     return model
+
+
+def class_weights(index, nc: int, cls_pw: float, device: torch.device) -> torch.Tensor:
+    """Ultralytics' `cls_pw` loss weights (DetectionTrainer.compute_class_weights: inverse class frequency in the
+    train labels to the power cls_pw, absent classes at the mean), normalised to mean 1."""
+    counts = np.bincount(np.asarray(index.labels[:, 0], np.int64), minlength=nc).astype(np.float32)
+    if not counts.any():
+        raise ValueError("Config key 'train.cls_pw': the train split has no labelled boxes to weigh classes by. "
+                         "Set train.cls_pw=0 or add labels.")
+    weights = DetectionTrainer.compute_class_weights(SimpleNamespace(args=SimpleNamespace(cls_pw=cls_pw)), counts)
+    return torch.from_numpy(np.asarray(weights / weights.mean(), np.float32)).to(device)
 
 
 def load_local_weights(model: DetectionModel, path: Path) -> None:

@@ -10,6 +10,7 @@ by a torch `LambdaLR` stepped once per optimizer step.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -90,6 +91,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, choice
     lambdas = [make(choice.warmup_bias_lr if g.get("param_group") == "bias" else 0.0, g["lr"])
                for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def rebuild_scheduler(optimizer: torch.optim.Optimizer, step: int, train: TrainConfig, choice: OptimizerChoice,
+                      schedule: StepSchedule) -> torch.optim.lr_scheduler.LambdaLR:
+    """The LR schedule of a re-planned run (train.time changed its epochs), positioned at optimizer step `step`:
+    the next step's LR is the new schedule's. The groups keep their `initial_lr`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()": a new scheduler
+        scheduler = build_scheduler(optimizer, train, choice, schedule)
+        scheduler.last_epoch = step - 1
+        scheduler.step()
+    return scheduler
 
 
 def set_step_momentum(optimizer: torch.optim.Optimizer, schedule: StepSchedule, step: int,

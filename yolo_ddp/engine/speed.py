@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 def configure_backends(train: TrainConfig, device: torch.device) -> None:
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = train.cudnn_benchmark
+        # Benchmark picks kernels by timing, so a deterministic run (train.deterministic, Ultralytics' default)
+        # keeps it off, as `yolo train` never turns it on.
+        torch.backends.cudnn.benchmark = train.cudnn_benchmark and not train.deterministic
     if train.compile:
         _require_compiler(device)
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA
+from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, init_seeds
 
 from yolo_ddp import dist
 from yolo_ddp.config import Config
+from yolo_ddp.data import select as selection
 from yolo_ddp.data.dataset import build_index
-from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend
+from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend, set_mosaic_until
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.engine import checkpoint, resume, speed
@@ -31,14 +32,26 @@ from yolo_ddp.engine.faults import StopRequested, StopSignal, after_step_hook, s
 from yolo_ddp.engine.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
 from yolo_ddp.engine.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
 from yolo_ddp.engine.loss_norm import LossNormaliser
-from yolo_ddp.engine.model import build_model, freeze_layers, loss_criterion, set_criterion_epoch
-from yolo_ddp.engine.optim import auto_iterations, build_optimizer, build_scheduler, choose_optimizer
+from yolo_ddp.engine.model import (
+    build_model,
+    class_weights,
+    freeze_layers,
+    loss_criterion,
+    set_criterion_epoch,
+)
+from yolo_ddp.engine.optim import (
+    auto_iterations,
+    build_optimizer,
+    build_scheduler,
+    choose_optimizer,
+    rebuild_scheduler,
+)
 from yolo_ddp.engine.sync_bn import convert_sync_batchnorm, revert_sync_batchnorm
 from yolo_ddp.logging import ValPreview, collect_run_info, make_writer, setup_rank_logging
 from yolo_ddp.memory import run as memory
 from yolo_ddp.memory.dali_buffers import typical_source_pixels
 from yolo_ddp.memory.oom import HINT_FILE, OOMGuard, read_split_hint
-from yolo_ddp.plan import agree_amp_mode, make_plan
+from yolo_ddp.plan import agree_amp_mode, make_plan, time_budget_epochs
 from yolo_ddp.sync import ddp as sync
 from yolo_ddp.topology import NodeTopology
 from yolo_ddp.topology.affinity import cpus_per_rank
@@ -86,17 +99,26 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     writer = make_writer(rank, run_dir, cfg.logger, asdict(cfg))  # rank 0 opens the job's one W&B run
     _set_threads(cfg, device)
     speed.configure_backends(cfg.train, device)
+    # Ultralytics' init_seeds: per-rank Python/NumPy streams (seed + 1 + rank, as its trainer) and, with
+    # train.deterministic, deterministic algorithms; then one torch seed for an identical init on every rank.
+    init_seeds(cfg.train.seed + 1 + rank, deterministic=cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)  # identical init everywhere; DDP also broadcasts rank 0's weights
 
     spec = load_data_spec(resolve_data_yaml(cfg.data))
     cache = Path(cfg.data.cache_dir).expanduser() / "index"
-    train_index = build_index(spec.train, spec.nc, cache, "train")
-    val_index = build_index(spec.val, spec.nc, cache, "val")
+    names = selection.class_names(cfg.data, spec.names)  # {0: "item"} under data.single_cls
+    indexes = {}
+    for split, sources in (("train", spec.train), ("val", spec.val)):
+        full = build_index(sources, spec.nc, cache, split)
+        indexes[split] = selection.select(full, cfg.data, split)  # data.fraction, data.classes, data.single_cls
+        if note := selection.describe(cfg.data, len(full), len(indexes[split]), split):
+            writer.info(note)
+    train_index, val_index = indexes["train"], indexes["val"]
 
     amp = agree_amp_mode(cfg.train.amp, device)
     backend = resolve_backend(cfg.data, device)
     cfg = _resumed_batch(cfg, saved)
-    memory_plan = memory.plan_for_run(cfg, spec.names, device, world, amp, build_model, backend,
+    memory_plan = memory.plan_for_run(cfg, names, device, world, amp, build_model, backend,
                                       source_pixels=typical_source_pixels(train_index.shapes))
     cfg, amp = memory.apply(cfg, memory_plan, world), memory_plan.chosen.amp
     writer.info(memory_plan.describe())
@@ -105,10 +127,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
         writer.info(change)
     writer.write_text("memory_plan.json", json.dumps(memory_plan.as_dict(), indent=2))
     writer.info(f"world size {world} on {device.type}; data {spec.yaml_path} ({len(train_index)} train / "
-                f"{len(val_index)} val images, {spec.nc} classes)\n{plan.describe()}")
+                f"{len(val_index)} val images, {len(names)} classes)\n{plan.describe()}")
     writer.write_text("plan.json", plan.to_json())
 
-    raw = build_model(cfg.model, spec.names, cfg.train, cfg.data.imgsz, verbose=False)
+    raw = build_model(cfg.model, names, cfg.train, cfg.data.imgsz, verbose=False)
     frozen = freeze_layers(raw, cfg.train.freeze)  # before DDP and the optimizer: frozen tensors are in neither
     if cfg.train.freeze:
         writer.info(f"train.freeze={cfg.train.freeze}: {len(frozen)} parameter tensors frozen ({frozen[0]} ...)")
@@ -121,9 +143,13 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     model = sync.wrap_ddp(raw, device, sync_plan, cfg.sync) if world > 1 else raw
 
     iterations = auto_iterations(len(train_index), cfg.train.batch, cfg.train.nbs, cfg.train.epochs)
-    choice = choose_optimizer(cfg.train, spec.nc, iterations)
+    choice = choose_optimizer(cfg.train, len(names), iterations)
     optimizer = build_optimizer(raw, choice, plan.weight_decay, cfg.train.fused_optimizer)
-    criterion = loss_criterion(raw)
+    if cfg.train.cls_pw:
+        raw.class_weights = class_weights(train_index, len(names), cfg.train.cls_pw, device)
+        writer.info(f"train.cls_pw={cfg.train.cls_pw}: class loss weights "
+                    f"{[round(w, 3) for w in raw.class_weights.tolist()]}")
+    criterion = loss_criterion(raw)  # reads raw.class_weights
     state = TrainState(
         model=model, raw=raw, criterion=criterion, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.train, choice, plan.schedule),
@@ -142,12 +168,13 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
 
     writer.info(f"data backend: {backend}")
     val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
-    train_batches = iter(build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
-                                            plan.loader_batches_per_epoch, plan.epochs, cfg.train.seed,
-                                            device, rank, world, start_epoch=state.epoch,
-                                            start_batch=plan.schedule.batches_before(state.epoch, state.step)))
-    scorer = make_scorer(spec.names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
-    writer.watch_validation(ValPreview(val_index, spec.names, cfg.data.imgsz, scorer, cfg.logger.val_images,
+    train_stream = build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
+                                      plan.loader_batches_per_epoch, plan.epochs, cfg.train.seed, device, rank, world,
+                                      start_epoch=state.epoch,
+                                      start_batch=plan.schedule.batches_before(state.epoch, state.step))
+    train_batches = iter(train_stream)
+    scorer = make_scorer(names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
+    writer.watch_validation(ValPreview(val_index, names, cfg.data.imgsz, scorer, cfg.logger.val_images,
                                       rect=cfg.data.val_rect))
     ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], cfg.logger.log_every_steps)
     # Validate in fp16 when training uses AMP, as Ultralytics does: bf16's 8-bit mantissa would move
@@ -167,18 +194,35 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     best: tuple[int, EvalResult | None] | None = None  # (epoch, its result on rank 0) of best.pt this session
     last_row: dict[str, Any] = {}
     start = time.perf_counter()
-    after_step = after_step_hook(stop, guard, heartbeat, cfg.train.save_every_steps, plan.schedule,
-                                 lambda: _save(run_dir, state, cfg, plan, train_args, is_best=False))
-    stopped_early = False
-    while state.epoch < plan.epochs and not stopped_early:
+    if cfg.train.time:
+        guard.deadline = time.monotonic() + cfg.train.time * 3600
+        writer.info(f"train.time={cfg.train.time} h: epochs re-estimated after every epoch from the mean epoch time, "
+                    f"as yolo train does; the run ends at the first optimizer step past the budget")
+
+    def hook(plan):
+        return after_step_hook(stop, guard, heartbeat, cfg.train.save_every_steps, plan.schedule,
+                               lambda: _save(run_dir, state, cfg, plan, train_args, is_best=False))
+
+    after_step = hook(plan)
+    stopped_early = out_of_time = False
+    session_epochs = 0
+    while state.epoch < plan.epochs and not (stopped_early or out_of_time):
         stats = train_one_epoch(state, train_batches, ctx, writer, guard, after_step)
-        if stats["stopped"]:
+        out_of_time = guard.time_up
+        if stats["stopped"] and not out_of_time:
             writer.info(f"stopped by {signal.Signals(stop.signum).name} after optimizer step {state.step}: last.pt "
                         f"holds it; continue with train.resume=true hydra.run.dir={run_dir}")
             writer.close()
             raise StopRequested(128 + stop.signum)
         train_end_s = time.perf_counter() - start  # run clock at the end of this epoch's training part
         state.epoch += 1
+        session_epochs += 1
+        if cfg.train.time and (timed := _time_budget_plan(cfg, plan, state, out_of_time, time.perf_counter() - start,
+                                                          session_epochs, writer)) != plan:
+            plan, ctx, after_step = timed, replace(ctx, plan=timed), hook(timed)
+            state.scheduler = rebuild_scheduler(state.optimizer, state.step, cfg.train, choice, plan.schedule)
+            raw.args.epochs = plan.epochs  # E2ELoss decays its one-to-many weight over the run's epochs
+            set_mosaic_until(train_stream, max(0, plan.epochs - cfg.data.close_mosaic))
         set_criterion_epoch(state.criterion, state.epoch)
         epoch_result = None
         if state.epoch % cfg.train.val_every == 0 or state.epoch == plan.epochs:
@@ -216,6 +260,21 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     return {**last_row, "world_size": world, "plan": plan.as_dict()}
 
 
+def _time_budget_plan(cfg: Config, plan, state: TrainState, out_of_time: bool, elapsed_s: float,
+                      session_epochs: int, writer) -> Any:
+    """train.time after an epoch, before it validates (so a run ending here validates its last epoch): a partial
+    epoch past the budget is the last (Ultralytics' timed stop); otherwise the epochs are re-estimated from the
+    mean epoch time, as Ultralytics' trainer does, the same on every rank."""
+    if out_of_time:
+        writer.info(f"train.time={cfg.train.time} h reached after optimizer step {state.step}: epoch {state.epoch} "
+                    "is the last")
+        return replace(plan, epochs=state.epoch)
+    epochs = dist.broadcast_object(time_budget_epochs(cfg.train.time, elapsed_s, session_epochs, state.epoch))
+    if epochs != plan.epochs:
+        writer.info(f"train.time: {epochs} epochs fit the budget (mean epoch {elapsed_s / session_epochs:.1f} s)")
+    return replace(plan, epochs=epochs)
+
+
 def weights_to_validate(state: TrainState) -> torch.nn.Module:
     """The EMA (else the raw model) with rank 0's buffers on every rank: each rank's BatchNorm statistics drift
     apart, and rank 0's are what best.pt saves, so distributed validation scores exactly those (as Ultralytics
@@ -226,8 +285,13 @@ def weights_to_validate(state: TrainState) -> torch.nn.Module:
 
 
 def _resumed_batch(cfg: Config, saved: tuple[Path, dict[str, Any]] | None) -> Config:
-    """batch=auto continues with the batch the run chose, so a resumed run keeps its plan and step count."""
-    if cfg.train.batch != "auto" or saved is None:
+    """batch=auto continues with the batch the run chose, and train.time with the epochs it last estimated, so a
+    resumed run keeps its plan and step count (the time budget starts again, as Ultralytics' does on resume)."""
+    if saved is None:
+        return cfg
+    if cfg.train.time:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=saved[1]["plan"]["epochs"]))
+    if cfg.train.batch != "auto":
         return cfg
     return replace(cfg, train=replace(cfg.train, batch=saved[1]["config"]["train"]["batch"]))
 

@@ -66,8 +66,9 @@ class RunWriter(NullWriter):
     STEPS_FILE = "steps.csv"
     RESULTS_PLOT = "results.png"
 
-    def __init__(self, run_dir: Path, wandb_run: WandbRun | None = None):
+    def __init__(self, run_dir: Path, wandb_run: WandbRun | None = None, plots: bool = True):
         self.run_dir = run_dir
+        self.plots = plots  # logger.plots (`yolo train plots`): results.png and W&B validation images
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.wandb = wandb_run
         self.preview: ValPreview | None = None
@@ -113,14 +114,15 @@ class RunWriter(NullWriter):
     def epoch_row(self, row: dict[str, Any], per_class_ap: dict[str, float] | None = None, model: Any = None) -> None:
         """One row per epoch in metrics.csv and results.png; mAP, per-class AP and val images to W&B."""
         files.append_row(self.run_dir / self.METRICS_FILE, row)
-        files.plot_results(self.run_dir / self.METRICS_FILE, self.run_dir / self.RESULTS_PLOT)
+        if self.plots:
+            files.plot_results(self.run_dir / self.METRICS_FILE, self.run_dir / self.RESULTS_PLOT)
         if not self.wandb:
             return
         self.step = int(row.get("step", self.step))
         values = {_wandb_epoch_key(k): v for k, v in row.items() if v != "" and k != "step"}
         if per_class_ap is not None:
             values["val/per_class_ap"] = self.wandb.table(["class", "AP50-95"], [[c, ap] for c, ap in per_class_ap.items()])
-            if self.preview is not None and model is not None and self.preview.n:
+            if self.plots and self.preview is not None and model is not None and self.preview.n:
                 values["val/predictions"] = [self.wandb.image(px, boxes, f"val image {i}")
                                              for i, (px, boxes) in enumerate(self.preview.predict(model))]
         self.wandb.log(self.step, values)
@@ -168,8 +170,9 @@ def make_writer(rank: int, run_dir: Path, logger: Any = None, config: dict[str, 
                          "`pip install wandb`, or use logger=csv for the local files only.")
     if name == "auto":
         name = "wandb" if wandb_importable() else "csv"
+    plots = bool(getattr(logger, "plots", True))
     if name != "wandb":
-        return RunWriter(run_dir)
+        return RunWriter(run_dir, plots=plots)
     config = config or {}
     default_name = f"{config.get('name', 'run')}-{run_dir.parent.name}-{run_dir.name}"
-    return RunWriter(run_dir, WandbRun(run_dir, logger, config, default_name))
+    return RunWriter(run_dir, WandbRun(run_dir, logger, config, default_name), plots=plots)

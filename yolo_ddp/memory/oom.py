@@ -102,17 +102,21 @@ class OOMGuard:
         self.stop, self.stopping = stop, False  # `stopping`: some rank's stop request, agreed on every rank
         self.save_every_s, self.saved_at = save_every_s, time.monotonic()
         self.save_due = False  # `train.save_every_s` elapsed on some rank, agreed on every rank
+        self.deadline: float | None = None  # time.monotonic() at which train.time runs out
+        self.time_up = False  # some rank's clock passed the deadline, agreed on every rank
         self.group = dist.host_group(timeout_s)
 
     def agreed(self, oom: bool) -> bool:
         """True on every rank when any rank hit an OOM since the last check; also updates `stopping`, `save_due`."""
         due = 0 < self.save_every_s <= time.monotonic() - self.saved_at
-        flags = torch.tensor([int(oom), int(self.stop is not None and self.stop.is_set()), int(due)],
+        late = self.deadline is not None and time.monotonic() > self.deadline
+        flags = torch.tensor([int(oom), int(self.stop is not None and self.stop.is_set()), int(due), int(late)],
                              dtype=torch.int32)
         if self.group is not None:
             tdist.all_reduce(flags, op=tdist.ReduceOp.MAX, group=self.group)
         self.stopping = self.stopping or bool(flags[1])
         self.save_due = bool(flags[2])
+        self.time_up = self.time_up or bool(flags[3])
         return bool(flags[0])
 
     def checkpointed(self) -> None:
