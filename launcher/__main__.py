@@ -23,6 +23,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from launcher.argv import normalize_argv, split_argv
 from launcher.errors import exit_on_user_error
 from launcher.job.names import register_resolvers, run_id
+from launcher.recipe import apply_from_yolo
 from launcher.store import refuse_missing_optuna, register_configs
 from launcher.unknown_keys import refuse_unknown_keys
 from yolo_ddp.config import Config
@@ -174,6 +175,7 @@ def main() -> None:
     # Flags first, then overrides (ours last): Hydra's parser takes overrides on one side of the flags only.
     sys.argv[:] = normalize_argv(sys.argv, _cpu_profile(sys.argv))
     exit_on_user_error(lambda: refuse_missing_optuna(split_argv(sys.argv[1:])[1]))
+    sys.argv[:] = exit_on_user_error(lambda: apply_from_yolo(sys.argv))  # train.from_yolo: the recipe, under ours
     if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
         from launcher.job.names import export_sweep
 

@@ -67,6 +67,9 @@ class TrainConfig:
     # Ultralytics' `patience`: stop after this many epochs without a better validation fitness (its EarlyStopping;
     # 0 = never). `freeze`: the first N layers (an int) or these layer indices (a list) do not train; .dfl never
     # does. `save_period`: also keep last.pt as epoch<N>.pt every N epochs (< 1: off).
+    # An args.yaml written by `yolo train` (or a hyp yaml with its keys): its recipe, key for key, under this run's
+    # command-line overrides (yolo_ddp/config/from_yolo.py; the launcher applies it before composing).
+    from_yolo: str = ""
     patience: int = 100
     freeze: Any = None
     save_period: int = -1

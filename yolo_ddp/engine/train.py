@@ -21,6 +21,7 @@ from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, init_seeds
 
 from yolo_ddp import dist
 from yolo_ddp.config import Config
+from yolo_ddp.config.from_yolo import translate
 from yolo_ddp.data import select as selection
 from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend, set_mosaic_until
@@ -126,6 +127,8 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     if saved and (change := resume.check_plan(saved[1]["plan"], plan, saved[0], saved[1]["epoch"])):  # refuses before plan.json
         writer.info(change)
     writer.write_text("memory_plan.json", json.dumps(memory_plan.as_dict(), indent=2))
+    if cfg.train.from_yolo:
+        writer.info(translate(cfg.train.from_yolo).describe(asdict(cfg)))
     writer.info(f"world size {world} on {device.type}; data {spec.yaml_path} ({len(train_index)} train / "
                 f"{len(val_index)} val images, {len(names)} classes)\n{plan.describe()}")
     writer.write_text("plan.json", plan.to_json())
