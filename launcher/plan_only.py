@@ -10,6 +10,7 @@ import torch
 
 from yolo_ddp.config import Config
 from yolo_ddp.data.loaders import resolve_backend
+from yolo_ddp.data.select import class_names
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.data.synthetic import CLASS_NAMES
@@ -25,6 +26,7 @@ def plan_job(cfg: Config, nproc_per_node: int) -> tuple[MemoryPlan, Config]:
     world = nproc_per_node * cfg.launcher.nnodes
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     names = load_data_spec(resolve_data_yaml(cfg.data)).names if cfg.data.path else dict(enumerate(CLASS_NAMES))
+    names = class_names(cfg.data, names)  # data.single_cls trains one class
     amp = local_amp_mode(cfg.train.amp, device)
     mem = memory.plan_for_run(cfg, names, device, world, amp, build_model, resolve_backend(cfg.data, device),
                               local_ranks=nproc_per_node)

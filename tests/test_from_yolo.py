@@ -110,3 +110,11 @@ def test_launcher_prints_the_mapping_and_refuses_before_any_worker(tmp_path: Pat
                           timeout=300, cwd=REPO)
     assert proc.returncode == 2 and "rect=True" in proc.stderr
     assert not (tmp_path / "refused").exists()  # refused before a run dir or worker
+
+
+def test_the_readme_table_names_every_argument() -> None:
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| `yolo train` | yolo-ddp | note |"):]
+    table = table[: table.index("\n\n")]
+    missing = [k for k in DEFAULT_CFG_DICT if f"`{k}`" not in table]
+    assert not missing, f"README's yolo train table lacks {missing}"

@@ -42,8 +42,9 @@ NOT_TRAINING: dict[str, str] = {
         "line_width", "dnn", "nms", "format", "optimize", "dynamic", "simplify", "opset", "workspace", "tracker"),
         "a predict/export/track setting"),
     **dict.fromkeys(("overlap_mask", "mask_ratio", "dropout", "pose", "kobj", "rle", "angle", "dlog", "dgrad", "dlam",
-                     "auto_augment", "erasing", "copy_paste_mode", "dis"),
+                     "auto_augment", "erasing", "copy_paste_mode"),
                     "another task's setting, which `yolo train` ignores for detection too"),
+    "dis": "the distillation loss weight, used only with distill_model (refused)",
 }
 # Refused unless at their default: (default, why).
 REFUSED: dict[str, tuple[Any, str]] = {
@@ -160,8 +161,8 @@ def _convert(t: Translation, key: str, v: Any, args: dict[str, Any]) -> None:
         t.set("train.amp", {True: "auto", False: "off"}.get(v, v) if isinstance(v, bool) else str(v), key, v)
     elif key == "conf" and v is not None:
         t.set("train.conf", float(v), key, v)
-    elif key == "val" and v is False:  # validate only the last epoch, as yolo train val=False
-        t.set("train.val_every", int(args.get("epochs") or 100), key, v)
+    elif key == "val":  # every epoch, or only the last, as yolo train val=True/False
+        t.set("train.val_every", 1 if v is not False else int(args.get("epochs") or 100), key, v)
     elif key == "compile" and v not in (None, False):
         if v not in (True, "default"):
             t.refused[f"compile={v}"] = "train.compile uses torch.compile's default mode only"
