@@ -121,6 +121,12 @@ def test_more_epochs_continue_unless_the_warmup_moves_the_resumed_epoch(tmp_path
     assert resume.check_plan(warm(10).as_dict(), warm(20), tmp_path / "last.pt", epoch=2) is None  # same warmup
     with pytest.raises(CheckpointError, match=r"1 finished epoch\(s\) of a 3-epoch run.*train\.epochs=2 .*Resume with the run's train\.epochs=3"):
         resume.check_plan(warm(3).as_dict(), warm(2), tmp_path / "last.pt", epoch=1)  # warmup capped at 1 epoch
+    # A train.time run that ran out inside its last epoch saved epoch 5 before epoch 5's first step: finished.
+    ended = warm(5)
+    first = ended.schedule.first_step(5)
+    assert resume.check_plan(ended.as_dict(), warm(20), tmp_path / "last.pt", epoch=5, step=first) is None
+    with pytest.raises(CheckpointError, match=r"ended inside epoch 5 .*train\.time budget.*model\.weights="):
+        resume.check_plan(ended.as_dict(), warm(20), tmp_path / "last.pt", epoch=5, step=first - 1)
 
 
 def test_world_size_change_with_the_same_plan_continues(tmp_path: Path) -> None:

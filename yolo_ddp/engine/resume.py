@@ -83,7 +83,7 @@ def load(resume: Any, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     return (path, checkpoint.load_train_state(path)) if path else None
 
 
-def check_plan(saved: dict[str, Any], plan: RunPlan, path: Path, epoch: int = 0) -> str | None:
+def check_plan(saved: dict[str, Any], plan: RunPlan, path: Path, epoch: int = 0, step: int | None = None) -> str | None:
     """Refuse a plan the checkpoint's counters cannot continue; describe a world-size change that keeps it.
 
     A different world size is fine while the global batch, accumulation and steps per epoch stay: each
@@ -99,6 +99,12 @@ def check_plan(saved: dict[str, Any], plan: RunPlan, path: Path, epoch: int = 0)
             f"with the same train.nbs and data, or start a new run without train.resume; nothing was changed."
         )
     _check_schedule(saved, plan, path, epoch)
+    if step is not None and step < plan.schedule.first_step(epoch):
+        raise CheckpointError(
+            f"{path} ended inside epoch {epoch} (optimizer step {step}) when its train.time budget ran out, so that "
+            f"run is finished and its epochs cannot continue where they left off. Start a new run from its weights "
+            f"with model.weights={path.parent / 'best.pt'}; nothing was changed."
+        )
     if saved.get("world_size") != plan.world_size:
         return (f"world size changed on resume: {saved.get('world_size')} -> {plan.world_size} ranks, per-rank batch "
                 f"{saved.get('batch_per_rank')} -> {plan.batch_per_rank}; global batch {plan.global_batch}, "

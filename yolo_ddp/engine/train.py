@@ -124,7 +124,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     cfg, amp = memory.apply(cfg, memory_plan, world), memory_plan.chosen.amp
     writer.info(memory_plan.describe())
     plan = make_plan(cfg.train, cfg.data.imgsz, world, amp, device.type, len(train_index))
-    if saved and (change := resume.check_plan(saved[1]["plan"], plan, saved[0], saved[1]["epoch"])):  # refuses before plan.json
+    if saved and (change := resume.check_plan(saved[1]["plan"], plan, saved[0], saved[1]["epoch"], saved[1]["step"])):  # refuses before plan.json
         writer.info(change)
     writer.write_text("memory_plan.json", json.dumps(memory_plan.as_dict(), indent=2))
     if cfg.train.from_yolo:
