@@ -18,7 +18,7 @@ from ultralytics.data.dataset import YOLODataset
 from tests.red_boxes import make_index
 from yolo_ddp.config import DataConfig
 from yolo_ddp.data.loaders import resolve_backend
-from yolo_ddp.data.torch_loader import YoloDataset
+from yolo_ddp.data.torch_loader import YoloDataset, mosaic_buffer_size
 
 S = 128
 N = 10
@@ -46,11 +46,12 @@ def _same_sample(ours: dict, theirs: dict) -> None:
 def test_every_augmentation_matches_ultralytics_for_the_same_seed(tmp_path: Path, closed: bool) -> None:
     index = make_index(tmp_path, n=N)
     ours = YoloDataset(index, S, augment=True, mosaic_until=1, **EVERYTHING)
+    ours.buffer_size = mosaic_buffer_size(N, 16)  # what build_loader sets: Ultralytics' bound for batch 16
     theirs = _ultralytics(tmp_path / "ds/images/train", EVERYTHING, closed)
     assert [Path(f).name for f in theirs.im_files] == [Path(f).name for f in index.im_files]
     epoch = 1 if closed else 0  # ours closes the mosaic from epoch `mosaic_until` on
-    # Fewer distinct images than either mosaic buffer holds, so both draw partners from the same buffer.
-    for seed, i in enumerate([3, 0, 7, 3, 5, 1]):
+    # More images than the buffer holds: partners come from the same pool, evicted by the same rule.
+    for seed, i in enumerate([3, 0, 7, 3, 5, 1, 9, 2, 8, 4, 6, 0, 3, 7]):
         random.seed(seed)
         np.random.seed(seed)
         a = ours[(i, epoch)]

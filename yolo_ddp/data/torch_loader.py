@@ -103,9 +103,10 @@ class YoloDataset(Dataset[dict[str, Any]]):
     `load_image` then `LetterBox(scaleup=False)` into the batch shape; without, a square letterbox to imgsz.
     """
 
-    # Ultralytics' Mosaic draws its three partner images from `dataset.buffer`, the indices of the last
-    # images this worker loaded (cache != "ram"), whose resized pixels are kept: a mosaic then decodes one
-    # new image instead of four. Same policy as Ultralytics' BaseDataset, bounded per worker process.
+    # Ultralytics' Mosaic (and MixUp, CutMix) draw partner images from `dataset.buffer`, the indices of the last
+    # images this worker loaded (cache != "ram"), whose resized pixels are kept: a mosaic then decodes one new
+    # image instead of four. Same policy and bound as Ultralytics' BaseDataset, per worker process:
+    # `max_buffer_length` = min(images, 8 x the rank's batch, 1000); `build_loader` sets it so.
     cache = None
     buffer_size = 64
 
@@ -183,7 +184,7 @@ class YoloDataset(Dataset[dict[str, Any]]):
         img, hw0 = self.load_image(i)
         self._resized[i] = (img, hw0)
         self.buffer.append(i)
-        if len(self.buffer) > self.buffer_size:
+        if 1 < len(self.buffer) >= self.buffer_size:  # Ultralytics' eviction rule, to the letter
             self._resized.pop(self.buffer.pop(0), None)
         return self._label(i, img.copy(), hw0)
 
@@ -204,6 +205,11 @@ class YoloDataset(Dataset[dict[str, Any]]):
         label = self._label(i, img, img.shape[:2])
         label["ratio_pad"] = (1.0, 1.0)  # LetterBox turns this into ((r, r), (padw, padh))
         return self.transforms(label)
+
+
+def mosaic_buffer_size(n_images: int, batch_per_rank: int) -> int:
+    """Ultralytics' `BaseDataset.max_buffer_length` for a training set: the mosaic partners' pool per worker."""
+    return min(n_images, batch_per_rank * 8, 1000)
 
 
 def _format(bgr: float) -> Format:
@@ -315,6 +321,7 @@ def build_loader(
     if train:
         check_batches_per_epoch(len(index), world, batch_per_rank, batches_per_epoch)
         dataset = YoloDataset(index, imgsz, augment=True, mosaic_until=mosaic_until, **_hyp(augment))
+        dataset.buffer_size = mosaic_buffer_size(len(index), batch_per_rank)
         sampler = EpochBatchSampler(len(index), batch_per_rank, rank, world, seed, start_epoch, start_batch,
                                     mosaic_until)
         loader_args = {"batch_sampler": sampler}
