@@ -68,7 +68,18 @@ TRAIN_SNIPPET = r"""
 import json, sys
 from ultralytics import YOLO
 args = json.loads(sys.argv[1])
-YOLO(args.pop("model")).train(**args)
+aug_stream = args.pop("aug_stream", None)
+model = YOLO(args.pop("model"))
+if aug_stream is not None:  # a seed-spread probe: another augmentation stream, the same init and data order
+    import random
+    import numpy as np
+
+    def reseed(trainer):  # CPU training loads in the main process (0 workers), from Python's and NumPy's RNGs
+        random.seed(aug_stream)
+        np.random.seed(aug_stream)
+
+    model.add_callback("on_train_start", reseed)
+model.train(**args)
 """
 
 VAL_SNIPPET = r"""
@@ -162,6 +173,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mosaic", type=float, default=1.0)
     p.add_argument("--close-mosaic", type=int, default=10)
     p.add_argument("--workers", type=int, default=1, help="our data workers per rank (Ultralytics: 0)")
+    p.add_argument("--aug-stream", type=int, default=None,
+                   help="seed-spread probe: reseed Ultralytics' augmentation RNGs (Python, NumPy; it trains on CPU "
+                        "with 0 loader workers) with this plus the seed when training starts, keeping its init and "
+                        "data order")
     p.add_argument("--backend", default="torch", choices=["torch", "dali"], help="our data backend")
     p.add_argument("--resume", action="store_true", help="keep finished runs whose recipe is unchanged")
     p.add_argument("--extra", default="", help="more Hydra overrides for our side, e.g. train.loss_norm=per_batch; "
@@ -262,6 +277,7 @@ def train_ultralytics(a: argparse.Namespace, data_yaml: Path, seed: int,
         "mosaic": a.mosaic, "close_mosaic": a.close_mosaic, "seed": seed, "deterministic": True, "device": "cpu",
         "workers": 0, "amp": False, "plots": False, "val": True, "project": str(run_dir.parent),
         "name": run_dir.name, "exist_ok": True, "verbose": False,
+        **({"aug_stream": a.aug_stream + seed} if a.aug_stream is not None else {}),
     }
     wall, seen = _run_logged([sys.executable, "-c", TRAIN_SNIPPET, json.dumps(args)], run_dir.with_suffix(".log"),
                              OUT, run_dir / "results.csv")
@@ -322,7 +338,8 @@ def _variant(a: argparse.Namespace) -> str:
 
 def run_one(config: str, seed: int, a: argparse.Namespace, data_name: str, data_yaml: Path,
             translate: bool) -> Result:
-    variant = _batches(a) + ("" if config == "ultralytics" else _variant(a))
+    ultra = f"-aug{a.aug_stream}" if a.aug_stream is not None else ""
+    variant = _batches(a) + (ultra if config == "ultralytics" else _variant(a))
     run_dir = PARITY / data_name / f"{config}{variant}-s{seed}"
     want = recipe(config, a, data_yaml, translate)
     if a.resume and (saved := _load_result(run_dir, want)):
