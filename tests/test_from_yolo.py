@@ -8,6 +8,7 @@ tests/fixtures/ultralytics/args.yaml was written by Ultralytics 8.4.190 itself:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def test_a_real_args_yaml_maps_key_for_key_and_the_command_line_wins() -> None:
     cfg = to_config(compose(config_name="config",
                             overrides=[*recipe.command_line(given), *given, "run_dir=/tmp/x"]))
     assert recipe.overridden == ["data.path", "train.epochs"]
+    assert translate(ARGS).describe(dataclasses.asdict(cfg)).count("command line wins for: data.path, train.epochs\n")
     assert cfg.train.epochs == 3 and cfg.data.path == ""  # ours win
     carried = {theirs for theirs, _, _ in recipe.mapped}
     assert carried | set(recipe.ignored) | {"time", "classes", "conf", "val", "compile", "channels_last", "cache",

@@ -198,7 +198,9 @@ def translate(path: str | Path, known: set[str] | None = None) -> Translation:
     for key, v in args.items():
         if key in ("model", "pretrained"):
             continue
-        if key in SAME:
+        if key == "multi_scale" and isinstance(v, (int, float)):  # our list form, so the final config compares
+            t.set(SAME[key], [1.0 - v, 1.0 + v] if v else [], key, v)
+        elif key in SAME:
             if v is not None or key in ("classes", "freeze", "time"):
                 t.set(SAME[key], v, key, v)
         elif key in CONVERTED:
