@@ -83,6 +83,10 @@ class DataConfig:
     single_cls: bool = False
     classes: Any = None
     fraction: Any = 1.0
+    # uniform: every image once per epoch (shuffled). balanced: each epoch draws as many images, with replacement,
+    # weighted by their classes' inverse frequency (YOLOv5's image weights), the same draw on every rank; the
+    # epoch's boxes per class go to metrics.csv and W&B as seen_<class>. Torch backend only.
+    sampler: str = "uniform"
     # `yolo train cache=`: ram/disk/true land with the node-shared image cache (issue 24); refused until then.
     cache: Any = False
     # Validate as Ultralytics' validator: batches of images sorted by aspect ratio, each letterboxed to its own
@@ -95,6 +99,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         check(self.imgsz >= 32 and self.imgsz % 32 == 0, "data.imgsz",
                f"got {self.imgsz}; use a multiple of the model stride 32 (e.g. 320, 640).")
+        check(self.sampler in ("uniform", "balanced"), "data.sampler",
+              f"got '{self.sampler}'; choose uniform or balanced.")
         check(self.backend in DATA_BACKENDS, "data.backend", f"got '{self.backend}'; choose one of {DATA_BACKENDS}.")
         check(self.workers >= 0, "data.workers", "must be >= 0.")
         check(bool(self.path) or self.name == SYNTHETIC_DATA, "data.path",

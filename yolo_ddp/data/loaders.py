@@ -28,14 +28,15 @@ def torch_only_augment(data: DataConfig) -> list[str]:
 
 
 def resolve_backend(data: DataConfig, device: torch.device) -> str:
-    needs_torch = torch_only_augment(data)
+    needs_torch = torch_only_augment(data) + (["data.sampler=balanced"] if data.sampler == "balanced" else [])
     if data.backend != "auto":
         if data.backend == "dali":
             if needs_torch:
                 raise ValueError(
                     f"data.backend=dali cannot apply {', '.join(needs_torch)}: the DALI pipeline implements mosaic, "
-                    "the scale/translate affine, HSV and horizontal flips only. Set data.backend=torch (Ultralytics' "
-                    "own transforms, every `yolo train` augmentation) or set those keys to 0."
+                    "the scale/translate affine, HSV and horizontal flips, and shards uniformly. Set "
+                    "data.backend=torch (Ultralytics' own transforms, every `yolo train` augmentation, the balanced "
+                    "sampler) or set those keys to their defaults."
                 )
             _require_dali()
         return data.backend
@@ -79,7 +80,8 @@ def _dali_settings(data: DataConfig, device: torch.device):
 
 def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
                        batches_per_epoch: int, epochs: int, seed: int, device: torch.device, rank: int, world: int,
-                       start_epoch: int = 0, start_batch: int = 0) -> Iterable[dict[str, Any]]:
+                       start_epoch: int = 0, start_batch: int = 0,
+                       weights: Any = None) -> Iterable[dict[str, Any]]:
     """Endless batches from batch `start_batch` of epoch `start_epoch` on (a resume from a mid-epoch checkpoint).
 
     Every image every epoch, as Ultralytics: each rank's shard is DistributedSampler(shuffle, drop_last=False)'s,
@@ -103,7 +105,7 @@ def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batc
     return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=True, seed=seed, augment=aug,
                         pin_memory=device.type == "cuda", start_epoch=start_epoch,
                         batches_per_epoch=batches_per_epoch, mosaic_until=max(0, epochs - data.close_mosaic),
-                        start_batch=start_batch, rank=rank, world=world)
+                        start_batch=start_batch, rank=rank, world=world, weights=weights)
 
 
 def set_mosaic_until(stream: Iterable[dict[str, Any]], epoch: int) -> None:

@@ -24,6 +24,7 @@ from ultralytics.data.dataset import YOLODataset
 from ultralytics.utils.instance import Instances
 from ultralytics.utils.patches import imread
 
+from yolo_ddp.data.balance import epoch_draw, rank_shard
 from yolo_ddp.data.dataset import DatasetIndex
 from yolo_ddp.dist import get_rank, get_world_size
 from yolo_ddp.plan import loader_batches_per_epoch
@@ -261,8 +262,10 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(self, n: int, batch_per_rank: int, rank: int, world_size: int, seed: int = 0,
-                 start_epoch: int = 0, start_batch: int = 0, mosaic_until: int = 0) -> None:
+                 start_epoch: int = 0, start_batch: int = 0, mosaic_until: int = 0,
+                 weights: np.ndarray | None = None) -> None:
         self.mosaic_until = mosaic_until
+        self.weights, self.seed, self.rank, self.world = weights, seed, rank, world_size  # data.sampler=balanced
         self.batches_per_epoch = check_batches_per_epoch(n, world_size, batch_per_rank, None)
         self.inner = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
                                         drop_last=False)
@@ -272,8 +275,11 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self):
         epoch, skip = self.start_epoch, self.start_batch
         while True:
-            self.inner.set_epoch(epoch)
-            shard = list(self.inner)
+            if self.weights is None:
+                self.inner.set_epoch(epoch)
+                shard = list(self.inner)
+            else:  # the same weighted draw on every rank, this rank's positions of it (yolo_ddp/data/balance.py)
+                shard = rank_shard(epoch_draw(self.weights, self.seed, epoch), self.rank, self.world)
             for b in range(skip, self.batches_per_epoch):
                 mosaic = epoch < self.mosaic_until
                 yield [(i, epoch, mosaic) for i in shard[b * self.batch : (b + 1) * self.batch]]
@@ -305,6 +311,7 @@ def build_loader(
     rank: int | None = None,
     world: int | None = None,
     rect: bool = False,
+    weights: np.ndarray | None = None,
 ) -> DataLoader:
     """Train: an endless stream of shuffled DDP shards, every image every epoch in `batches_per_epoch` batches
     (checked against `loader_batches_per_epoch`; None: that number), from batch `start_batch` of `start_epoch`
@@ -323,7 +330,7 @@ def build_loader(
         dataset = YoloDataset(index, imgsz, augment=True, mosaic_until=mosaic_until, **_hyp(augment))
         dataset.buffer_size = mosaic_buffer_size(len(index), batch_per_rank)
         sampler = EpochBatchSampler(len(index), batch_per_rank, rank, world, seed, start_epoch, start_batch,
-                                    mosaic_until)
+                                    mosaic_until, weights)
         loader_args = {"batch_sampler": sampler}
     elif rect:
         batches = val_batches(index.shapes, imgsz, batch_per_rank, rank, world)

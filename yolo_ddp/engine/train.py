@@ -22,6 +22,7 @@ from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, init_seeds
 from yolo_ddp import dist
 from yolo_ddp.config import Config
 from yolo_ddp.config.from_yolo import translate
+from yolo_ddp.data import balance
 from yolo_ddp.data import select as selection
 from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend, set_mosaic_until
@@ -171,10 +172,12 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
 
     writer.info(f"data backend: {backend}")
     val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
+    weights = balance.image_weights(train_index, len(names)) if cfg.data.sampler == "balanced" else None
     train_stream = build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
                                       plan.loader_batches_per_epoch, plan.epochs, cfg.train.seed, device, rank, world,
                                       start_epoch=state.epoch,
-                                      start_batch=plan.schedule.batches_before(state.epoch, state.step))
+                                      start_batch=plan.schedule.batches_before(state.epoch, state.step),
+                                      weights=weights)
     train_batches = iter(train_stream)
     scorer = make_scorer(names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
     writer.watch_validation(ValPreview(val_index, names, cfg.data.imgsz, scorer, cfg.logger.val_images,
@@ -246,6 +249,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
                     "img_per_s": stats["img_per_s"], "epoch_time_s": stats["epoch_time_s"], "lr": stats["lr"],
                     "peak_mem_gib": stats["peak_mem_gib"], "train_end_s": train_end_s,
                     "elapsed_s": time.perf_counter() - start}  # after validation and checkpoint: Ultralytics' `time`
+        if weights is not None:  # data.sampler=balanced: the boxes per class this epoch's draw showed
+            last_row.update(balance.instances_seen(train_index, balance.epoch_draw(weights, cfg.train.seed,
+                                                                                   state.epoch - 1), names))
         writer.epoch_row(last_row, epoch_result.per_class_ap50_95 if epoch_result else None,
                          state.ema.ema if state.ema else raw)
         writer.info("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last_row.items()))
