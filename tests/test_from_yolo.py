@@ -77,6 +77,7 @@ def test_what_cannot_be_honoured_is_one_refusal(tmp_path: Path) -> None:
         apply_from_yolo(["launcher", f"train.from_yolo={path}"])
     with pytest.raises(FileNotFoundError, match="train.from_yolo"):
         translate(tmp_path / "nope.yaml")
+    assert translate(tmp_path).source == path.resolve()  # a run dir: its args.yaml
 
 
 def test_batch_fraction_val_false_and_a_local_pt(tmp_path: Path) -> None:

@@ -120,3 +120,15 @@ def test_compiled_forward_matches_eager_and_leaves_the_model_plain():
 def test_describe_names_every_switch():
     text = describe(TrainConfig(compile=True, channels_last=False), torch.device("cpu"))
     assert text == "speed: channels_last off, fused optimizer on, compile on"
+
+
+@pytest.mark.parametrize(("deterministic", "benchmark", "want"), [(True, True, False), (False, True, True),
+                                                                 (False, False, False)])
+def test_deterministic_keeps_cudnn_benchmark_off(deterministic, benchmark, want):
+    """The CUDA branch only sets torch's flag, so it runs on CPU: yolo train's deterministic=True never benchmarks."""
+    before = torch.backends.cudnn.benchmark
+    try:
+        configure_backends(TrainConfig(deterministic=deterministic, cudnn_benchmark=benchmark), torch.device("cuda", 0))
+        assert torch.backends.cudnn.benchmark is want
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -178,6 +178,8 @@ def _convert(t: Translation, key: str, v: Any, args: dict[str, Any]) -> None:
 def translate(path: str | Path, known: set[str] | None = None) -> Translation:
     """Read `path` and sort every key; `known` is Ultralytics' default.yaml keys (read from the install if None)."""
     p = Path(path).expanduser()
+    if p.is_dir() and (p / "args.yaml").is_file():  # a yolo train run dir
+        p = p / "args.yaml"
     if not p.is_file():
         raise FileNotFoundError(f"Config key 'train.from_yolo': {p} does not exist. Point it at the args.yaml a "
                                 "`yolo train` run wrote (runs/detect/<name>/args.yaml) or at a hyp yaml.")
