@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,11 @@ import pytest
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# data.cache=ram stores of this session (its launcher subprocesses included) go to a tmpfs dir of their own,
+# removed at the end, never into the node's shared /dev/shm/yolo_ddp.
+_SHM = Path(tempfile.mkdtemp(prefix="yolo_ddp_tests_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+os.environ["YOLO_DDP_SHM_DIR"] = str(_SHM)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -48,3 +55,7 @@ def hydra_ctx():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         yield
     GlobalHydra.instance().clear()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    shutil.rmtree(_SHM, ignore_errors=True)

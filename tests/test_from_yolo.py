@@ -65,12 +65,12 @@ def test_a_real_args_yaml_maps_key_for_key_and_the_command_line_wins() -> None:
 
 
 def test_what_cannot_be_honoured_is_one_refusal(tmp_path: Path) -> None:
-    bad = yaml.safe_load(ARGS.read_text()) | {"rect": True, "copy_paste": 0.3, "task": "segment", "cache": "ram",
+    bad = yaml.safe_load(ARGS.read_text()) | {"rect": True, "copy_paste": 0.3, "task": "segment", "cache": "gpu",
                                              "fl_gamma": 1.5, "model": str(tmp_path / "missing.pt")}
     path = tmp_path / "args.yaml"
     path.write_text(yaml.safe_dump(bad))
     message = translate(path).refusal()
-    for key in ("rect=True", "copy_paste=0.3", "task=segment", "cache=ram", "fl_gamma=1.5", "missing.pt"):
+    for key in ("rect=True", "copy_paste=0.3", "task=segment", "cache=gpu", "fl_gamma=1.5", "missing.pt"):
         assert key in message
     assert message.count("train.from_yolo=") == 1 and "nothing was started" in message
     with pytest.raises(ValueError, match="rect=True"):
@@ -78,6 +78,9 @@ def test_what_cannot_be_honoured_is_one_refusal(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="train.from_yolo"):
         translate(tmp_path / "nope.yaml")
     assert translate(tmp_path).source == path.resolve()  # a run dir: its args.yaml
+    for theirs, ours in (("ram", "ram"), (True, "ram"), ("disk", "disk"), (False, False)):
+        path.write_text(yaml.safe_dump(yaml.safe_load(ARGS.read_text()) | {"cache": theirs}))
+        assert translate(path).overrides["data.cache"] == ours  # the node-shared store takes yolo train's values
 
 
 def test_batch_fraction_val_false_and_a_local_pt(tmp_path: Path) -> None:

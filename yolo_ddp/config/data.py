@@ -87,7 +87,9 @@ class DataConfig:
     # weighted by their classes' inverse frequency (YOLOv5's image weights), the same draw on every rank; the
     # epoch's boxes per class go to metrics.csv and W&B as seen_<class>. Torch backend only.
     sampler: str = "uniform"
-    # `yolo train cache=`: ram/disk/true land with the node-shared image cache (issue 24); refused until then.
+    # `yolo train cache=`: ram (or true) / disk / false. Each image decoded and resized (long side imgsz) once per
+    # node into one store every rank and loader worker memory-maps: ram on /dev/shm, disk under cache_dir/images.
+    # Reused while the files and imgsz match; refused up front when it cannot fit (yolo_ddp/data/image_cache.py).
     cache: Any = False
     # Validate as Ultralytics' validator: batches of images sorted by aspect ratio, each letterboxed to its own
     # rectangle (multiple of 32, pad 0.5). false: every image letterboxed to imgsz x imgsz (cheaper to pad, but
@@ -124,10 +126,17 @@ class DataConfig:
         check(_fraction_ok(self.fraction), "data.fraction",
                f"got {self.fraction!r}; use a ratio in (0, 1], an image count > 1, or [train, val, test] values, "
                "as `yolo train fraction=`.")
-        check(self.cache in (False, None, "false", "False", ""), "data.cache",
-               f"got {self.cache!r}. `yolo train cache=ram|disk` keeps one copy per rank; yolo-ddp's replacement, one "
-               "node-shared image cache, is not built yet (issue 24 \"Data at GPU speed without DALI\"). Remove "
-               "data.cache (or set it false); the label index under data.cache_dir is cached already.")
+        check(cache_mode(self.cache) is not None, "data.cache",
+              f"got {self.cache!r}; use ram (or true), disk or false, as `yolo train cache=`.")
+        self.cache = cache_mode(self.cache) or False  # normalised: "ram", "disk" or False
+
+
+def cache_mode(value: Any) -> str | None:
+    """`yolo train cache=` values → "ram", "disk" or "" (off), True meaning RAM as in Ultralytics; None: invalid."""
+    text = str(value).strip().lower()
+    if text in ("ram", "true", "disk"):
+        return "disk" if text == "disk" else "ram"
+    return "" if text in ("false", "", "none", "null") else None
 
 
 def _fraction_ok(fraction: Any) -> bool:

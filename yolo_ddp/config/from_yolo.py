@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from yolo_ddp.config.data import cache_mode
+
 # Carried as they are: Ultralytics key -> ours.
 SAME: dict[str, str] = {
     **{k: f"train.{k}" for k in (
@@ -170,9 +172,12 @@ def _convert(t: Translation, key: str, v: Any, args: dict[str, Any]) -> None:
             t.set("train.compile", True, key, v)
     elif key == "channels_last" and v is not None:
         t.set("train.channels_last", bool(v), key, v)
-    elif key == "cache" and v not in (None, False, "false", "False"):
-        t.refused[f"cache={v}"] = ("the node-shared image cache that replaces it is not built yet (issue 24, \"Data "
-                                   "at GPU speed without DALI\")")
+    elif key == "cache":  # one node-shared store instead of one copy per rank; same values
+        mode = cache_mode(v)
+        if mode is None:
+            t.refused[f"cache={v}"] = "cache takes ram, disk, true or false"
+        else:
+            t.set("data.cache", mode or False, key, v)
 
 
 def translate(path: str | Path, known: set[str] | None = None) -> Translation:

@@ -6,7 +6,7 @@ xywh `bboxes`, per-image metadata), so the trainer does not know which backend r
 permuted to NCHW, a channels_last view: no transpose kernel in the graph, and the channels_last model takes it
 as it is.
 
-Per sample: decode → resize (bilinear, no antialias, as cv2.INTER_LINEAR) → slice with grey padding (a plain
+Per sample: decode (or, with data.cache, the node store's decoded pixels) → resize (bilinear, no antialias, as cv2.INTER_LINEAR) → slice with grey padding (a plain
 training sample scaled and shifted as Ultralytics' RandomPerspective, a letterbox for validation; or four tiles
 concatenated around a centre, the mosaic) → horizontal flip → HSV. Pipelines have a fixed batch size, so
 short batches (an epoch's last training batch, the last validation batch) are filled with samples flagged
@@ -35,6 +35,7 @@ from yolo_ddp.data.dali_source import (
     ValSource,
 )
 from yolo_ddp.data.dataset import DatasetIndex
+from yolo_ddp.data.image_cache import ImageStore
 from yolo_ddp.data.torch_loader import check_batches_per_epoch
 from yolo_ddp.memory.dali_buffers import is_dali_out_of_memory
 from yolo_ddp.memory.oom import OOMUnrecoverable
@@ -81,8 +82,12 @@ def _local_world() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
-def _image(encoded, size, start, shape, interp, gpu: bool):
-    img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
+def _image(encoded, size, start, shape, interp, gpu: bool, decoded: bool):
+    if decoded:  # data.cache: the node store's BGR pixels, long side imgsz (yolo_ddp/data/image_cache.py)
+        img = fn.reshape(encoded, layout="HWC")
+        img = fn.color_space_conversion(img.gpu() if gpu else img, image_type=types.BGR, output_type=types.RGB)
+    else:
+        img = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
     img = fn.resize(img, size=size, antialias=False, interp_type=fn.cast(interp, dtype=types.INTERP_TYPE))
     return fn.slice(img, start=start, shape=shape, axes=[0, 1], out_of_bounds_policy="pad", fill_values=PAD_VALUE)
 
@@ -98,7 +103,8 @@ def _pipeline(source, tiles: int, batch: int, settings: DaliSettings, augment: A
     with pipe:
         outs = fn.external_source(source=source, num_outputs=n_out, batch=False, parallel=workers > 0,
                                   **({"prefetch_queue_depth": settings.prefetch} if workers else {}))
-        parts = [_image(*outs[k * t : k * t + k], settings.gpu) for t in range(tiles)]
+        decoded = getattr(source, "store", None) is not None
+        parts = [_image(*outs[k * t : k * t + k], settings.gpu, decoded) for t in range(tiles)]
         if tiles == 4:
             img = fn.cat(fn.cat(parts[0], parts[1], axis=1), fn.cat(parts[2], parts[3], axis=1), axis=0)
         else:
@@ -179,7 +185,8 @@ class DaliTrainStream:
 
     def __init__(self, index: DatasetIndex, imgsz: int, batch: int, batches_per_epoch: int | None, rank: int,
                  world: int, seed: int, augment: Augment, settings: DaliSettings, mosaic_until: int,
-                 start_epoch: int = 0, start_batch: int = 0) -> None:
+                 start_epoch: int = 0, start_batch: int = 0, store: ImageStore | None = None) -> None:
+        self.store = store
         self.batches_per_epoch = check_batches_per_epoch(len(index), world, batch, batches_per_epoch)
         self.index, self.imgsz, self.batch = index, imgsz, batch
         self.rank, self.world, self.seed, self.augment, self.settings = rank, world, seed, augment, settings
@@ -190,7 +197,7 @@ class DaliTrainStream:
 
     def _open(self, tiles: int, epoch: int, skip_batches: int) -> DALIGenericIterator:
         source = TrainSource(self.index, self.imgsz, self.batch, self.rank, self.world, self.seed, self.augment,
-                             tiles, start_epoch=epoch, skip=skip_batches * self.batch)
+                             tiles, start_epoch=epoch, skip=skip_batches * self.batch, store=self.store)
         with oom_advice(self.settings, self.batch, "building the training pipeline"):
             return _iterator(_pipeline(source, tiles, self.batch, self.settings, self.augment, train=True),
                              train=True)
@@ -216,9 +223,9 @@ class DaliValLoader:
     batch shapes, as the torch backend's val loader); re-iterable once per evaluation."""
 
     def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int,
-                 settings: DaliSettings, rect: bool = False) -> None:
+                 settings: DaliSettings, rect: bool = False, store: ImageStore | None = None) -> None:
         self.index, self.imgsz, self.batch, self.settings = index, imgsz, batch, settings
-        self.source = ValSource(index, imgsz, batch, rank, world, rect)
+        self.source = ValSource(index, imgsz, batch, rank, world, rect, store if rect else None)
         self._it: DALIGenericIterator | None = None
         if self.source.n_valid:
             with oom_advice(settings, batch, "building the validation pipeline"):

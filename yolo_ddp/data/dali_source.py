@@ -19,7 +19,8 @@ from nvidia.dali.types import SampleInfo
 from ultralytics.data.augment import LetterBox, RandomPerspective
 
 from yolo_ddp.data.dataset import DatasetIndex
-from yolo_ddp.data.torch_loader import load_image_size, val_batches
+from yolo_ddp.data.image_cache import ImageStore, load_image_size
+from yolo_ddp.data.torch_loader import val_batches
 from yolo_ddp.plan import loader_batches_per_epoch, shard_size
 
 PAD_VALUE = 114  # letterbox grey, as Ultralytics
@@ -193,16 +194,21 @@ def tile_boxes(index: DatasetIndex, tile: Tile, gain_wh: tuple[float, float], dr
     return rows[keep, 0], after[keep]
 
 
-TILE_OUTPUTS = 5  # per tile: encoded bytes, resize size, slice start, slice shape, interpolation
+TILE_OUTPUTS = 5  # per tile: encoded bytes (or stored pixels), resize size, slice start, slice shape, interpolation
 
 
-def _tile_arrays(index: DatasetIndex, t: Tile) -> tuple[np.ndarray, ...]:
+def _tile_arrays(index: DatasetIndex, t: Tile, store: ImageStore | None = None) -> tuple[np.ndarray, ...]:
     # Nearest-neighbour where the size does not change: identical pixels, and DALI's CPU bilinear resize
-    # costs ~5 thread-ms per 640 px image even at scale 1 (bench/dali_cpu_ops.py).
-    same = tuple(int(v) for v in index.shapes[t.index]) == t.size
+    # costs ~5 thread-ms per 640 px image even at scale 1 (bench/dali_cpu_ops.py). With data.cache the source
+    # is the store's BGR pixels at long side imgsz (the graph skips the decode); else the file's bytes.
+    if store is not None:
+        img, _ = store.image(t.index)
+        pixels, same = np.asarray(img), tuple(int(v) for v in store.shapes[t.index]) == t.size
+    else:
+        pixels, same = _read(index.im_files[t.index]), tuple(int(v) for v in index.shapes[t.index]) == t.size
     interp = int(types.INTERP_NN if same else types.INTERP_LINEAR)
-    return (_read(index.im_files[t.index]), np.array(t.size, np.float32), np.array(t.start, np.int32),
-            np.array(t.shape, np.int32), np.array(interp, np.int32))
+    return (pixels, np.array(t.size, np.float32), np.array(t.start, np.int32), np.array(t.shape, np.int32),
+            np.array(interp, np.int32))
 
 
 def _read(path: str) -> np.ndarray:
@@ -218,7 +224,8 @@ class TrainSource:
     index, valid."""
 
     def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int, seed: int,
-                 augment: Augment, tiles: int, start_epoch: int = 0, skip: int = 0) -> None:
+                 augment: Augment, tiles: int, start_epoch: int = 0, skip: int = 0,
+                 store: ImageStore | None = None) -> None:
         if len(index) < 1:
             raise ValueError("The train split has no images; add images or fix the train entry of data.yaml.")
         self.index, self.imgsz, self.rank, self.world = index, imgsz, rank, world
@@ -227,6 +234,7 @@ class TrainSource:
         self.per_epoch = loader_batches_per_epoch(len(index), world, batch) * batch  # pipeline samples per epoch
         self.skip = skip  # samples of `start_epoch` already trained (mid-epoch resume)
         self._shards: dict[int, np.ndarray] = {}  # the current epoch's shard (samples arrive in order)
+        self.store = store  # data.cache: decoded pixels instead of file bytes
 
     def shard(self, epoch: int) -> np.ndarray:
         if epoch not in self._shards:
@@ -270,7 +278,7 @@ class TrainSource:
         tiles, rows, flip, hsv, i, valid = self.sample(info.idx_in_epoch)
         out: list[np.ndarray] = []
         for t in tiles:
-            out += _tile_arrays(self.index, t)
+            out += _tile_arrays(self.index, t, self.store)
         return (*out, rows, np.array(flip, np.int32), *(np.array(v, np.float32) for v in hsv),
                 np.array([i], np.int64), np.array(valid, np.int32))
 
@@ -285,8 +293,8 @@ class ValSource:
     """
 
     def __init__(self, index: DatasetIndex, imgsz: int, batch: int, rank: int, world: int,
-                 rect: bool = False) -> None:
-        self.index, self.imgsz = index, imgsz
+                 rect: bool = False, store: ImageStore | None = None) -> None:
+        self.index, self.imgsz, self.store = index, imgsz, store
         if rect:
             groups = val_batches(index.shapes, imgsz, batch, rank, world)
         else:
@@ -309,5 +317,5 @@ class ValSource:
         i, shape, valid = self.samples[info.idx_in_epoch]
         tile, gain, _, canvas = val_tile(self.index, i, self.imgsz, shape)
         cls, xyxy = tile_boxes(self.index, tile, gain, drop=False)
-        return (*_tile_arrays(self.index, tile), _rows(cls, xyxy, canvas),
+        return (*_tile_arrays(self.index, tile, self.store), _rows(cls, xyxy, canvas),
                 np.array([i], np.int64), np.array(valid, np.int32))

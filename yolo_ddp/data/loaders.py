@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from yolo_ddp.config import DataConfig
 from yolo_ddp.data.dataset import DatasetIndex
+
+if TYPE_CHECKING:
+    from yolo_ddp.data.image_cache import ImageStore
 
 log = logging.getLogger(__name__)
 # `yolo train` augmentations the DALI pipeline does not implement (yolo_ddp/data/dali.py): only the torch
@@ -80,14 +83,15 @@ def _dali_settings(data: DataConfig, device: torch.device):
 
 def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
                        batches_per_epoch: int, epochs: int, seed: int, device: torch.device, rank: int, world: int,
-                       start_epoch: int = 0, start_batch: int = 0,
-                       weights: Any = None) -> Iterable[dict[str, Any]]:
+                       start_epoch: int = 0, start_batch: int = 0, weights: Any = None,
+                       store: ImageStore | None = None) -> Iterable[dict[str, Any]]:
     """Endless batches from batch `start_batch` of epoch `start_epoch` on (a resume from a mid-epoch checkpoint).
 
     Every image every epoch, as Ultralytics: each rank's shard is DistributedSampler(shuffle, drop_last=False)'s,
     `shard_size(n, world)` images (the shuffled order padded with repeats), yielded as full batches of
     `batch_per_rank` and a last partial one. `batches_per_epoch` must be `loader_batches_per_epoch(n, world,
     batch_per_rank)`; anything else is a ValueError, as the caller's schedule would then drift from the data.
+    `store`: data.cache's decoded images of `index` (yolo_ddp/data/image_cache.py), read instead of the files.
     """
     from yolo_ddp.data.torch_loader import check_batches_per_epoch
 
@@ -98,14 +102,14 @@ def build_train_stream(data: DataConfig, backend: str, index: DatasetIndex, batc
         return DaliTrainStream(index, data.imgsz, batch_per_rank, batches_per_epoch, rank, world, seed,
                                _augment(data, mosaic=True), _dali_settings(data, device),
                                mosaic_until=max(0, epochs - data.close_mosaic), start_epoch=start_epoch,
-                               start_batch=start_batch)
+                               start_batch=start_batch, store=store)
     from yolo_ddp.data.torch_loader import build_loader
 
     aug = {k: getattr(data, k) for k in AUGMENT_KEYS}
     return build_loader(index, data.imgsz, batch_per_rank, data.workers, train=True, seed=seed, augment=aug,
                         pin_memory=device.type == "cuda", start_epoch=start_epoch,
                         batches_per_epoch=batches_per_epoch, mosaic_until=max(0, epochs - data.close_mosaic),
-                        start_batch=start_batch, rank=rank, world=world, weights=weights)
+                        start_batch=start_batch, rank=rank, world=world, weights=weights, store=store)
 
 
 def set_mosaic_until(stream: Iterable[dict[str, Any]], epoch: int) -> None:
@@ -116,22 +120,26 @@ def set_mosaic_until(stream: Iterable[dict[str, Any]], epoch: int) -> None:
 
 
 def build_val_loader(data: DataConfig, backend: str, index: DatasetIndex, batch_per_rank: int,
-                     device: torch.device, rank: int, world: int) -> Iterable[dict[str, Any]]:
+                     device: torch.device, rank: int, world: int,
+                     store: ImageStore | None = None) -> Iterable[dict[str, Any]]:
     """Every image exactly once across ranks, re-iterable once per evaluation.
 
     `data.val_rect` (default): Ultralytics' validator batches, images sorted by aspect ratio and each batch
     letterboxed to its own (h, w), multiples of 32 that differ between batches; batch k of that order runs on
     rank k % world, so batch shapes match a single-process run with this batch size. Otherwise imgsz x imgsz.
+    `store` (data.cache) serves the rectangular batches, whose first step is the cached `load_image`; the
+    square letterbox resizes from the source and reads the files.
     """
     if backend == "dali":
         from yolo_ddp.data.dali import DaliValLoader
 
         return DaliValLoader(index, data.imgsz, batch_per_rank, rank, world, _dali_settings(data, device),
-                             rect=data.val_rect)
+                             rect=data.val_rect, store=store)
     from yolo_ddp.data.torch_loader import build_loader
 
     loader = build_loader(index, data.imgsz, batch_per_rank, data.workers, train=False,
-                          pin_memory=device.type == "cuda", rank=rank, world=world, rect=data.val_rect)
+                          pin_memory=device.type == "cuda", rank=rank, world=world, rect=data.val_rect,
+                          store=store if data.val_rect else None)
     if loader.num_workers > 0:
         # Fork the persistent workers now, before training starts threads (train loader feeders, the progress
         # bar), not at the first validation: a fork beside those threads once left a worker hung at birth.

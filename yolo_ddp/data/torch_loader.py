@@ -3,16 +3,14 @@
 Reusing `Mosaic`/`RandomPerspective`/`LetterBox`/`RandomHSV`/`RandomFlip`/`Format` keeps boxes, colour order and
 `ratio_pad` bit-compatible with what `v8DetectionLoss` and the Ultralytics metrics expect; only the index
 (node-shared memmaps) and the samplers (DDP sharding, rectangular validation batches spread over ranks) are ours.
-The geometry helpers here (`load_image_size`, `rect_batches`, `val_batches`) are shared with the DALI backend.
+The geometry helpers here (`rect_batches`, `val_batches`) are shared with the DALI backend.
 """
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -22,10 +20,10 @@ from ultralytics.data.augment import Compose, Format, LetterBox, v8_transforms
 from ultralytics.data.base import BaseDataset
 from ultralytics.data.dataset import YOLODataset
 from ultralytics.utils.instance import Instances
-from ultralytics.utils.patches import imread
 
 from yolo_ddp.data.balance import epoch_draw, rank_shard
 from yolo_ddp.data.dataset import DatasetIndex
+from yolo_ddp.data.image_cache import ImageStore, load_resized, read_bgr
 from yolo_ddp.dist import get_rank, get_world_size
 from yolo_ddp.plan import loader_batches_per_epoch
 
@@ -38,15 +36,6 @@ CLOSED_BY_MOSAIC = ("mosaic", "mixup", "cutmix")
 # Rectangular validation as Ultralytics' validator builds it: stride = the model's largest (32 for YOLOv8/11),
 # pad = 0.5 (build_yolo_dataset's value for mode != "train").
 RECT_STRIDE, RECT_PAD = 32, 0.5
-
-
-def load_image_size(hw0: tuple[int, int], imgsz: int) -> tuple[int, int]:
-    """(h, w) after Ultralytics' `BaseDataset.load_image` (rect_mode): long side imgsz, sides rounded up."""
-    h0, w0 = int(hw0[0]), int(hw0[1])
-    r = imgsz / max(h0, w0)
-    if r == 1:
-        return h0, w0
-    return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
 
 
 def rect_batches(shapes: np.ndarray, imgsz: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,10 +107,11 @@ class YoloDataset(Dataset[dict[str, Any]]):
         augment: bool,
         mosaic_until: int = 0,
         rect_shapes: dict[int, tuple[int, int]] | None = None,
+        store: ImageStore | None = None,
         **hyp: float,
     ) -> None:
         self.index, self.imgsz, self.augment, self.mosaic_until = index, imgsz, augment, mosaic_until
-        self.rect_shapes = rect_shapes
+        self.rect_shapes, self.store = rect_shapes, store
         self.data: dict[str, Any] = {}  # v8_transforms reads data.yaml extras (flip_idx) from it; detection has none
         self.buffer: list[int] = []  # Mosaic reads it; `_resized` holds their pixels
         self._resized: dict[int, tuple[np.ndarray, tuple[int, int]]] = {}
@@ -162,20 +152,14 @@ class YoloDataset(Dataset[dict[str, Any]]):
         }
 
     def _imread(self, i: int) -> np.ndarray:
-        f = self.index.im_files[i]
-        img = imread(f)  # BGR HWC uint8; Format flips to RGB CHW
-        if img is None:
-            raise FileNotFoundError(f"Image {f} could not be read although it passed indexing; was it changed?")
-        return img
+        return read_bgr(self.index.im_files[i])  # Format flips BGR to RGB CHW
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """Ultralytics' `load_image` (rect_mode, no cache): long side to imgsz, cv2.INTER_LINEAR."""
-        img = self._imread(i)
-        hw0 = img.shape[:2]
-        h, w = load_image_size(hw0, self.imgsz)
-        if (h, w) != hw0:
-            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-        return img, hw0
+        """Ultralytics' `load_image` (rect_mode): long side to imgsz, cv2.INTER_LINEAR; from the node's image store
+        under data.cache (a read-only view: callers copy before editing), else decoded now."""
+        if self.store is not None:
+            return self.store.image(i)
+        return load_resized(self.index.im_files[i], self.imgsz)
 
     def get_image_and_label(self, i: int) -> dict[str, Any]:
         """A `load_image` sample, kept in the mosaic buffer, as Ultralytics' transforms expect."""
@@ -183,7 +167,7 @@ class YoloDataset(Dataset[dict[str, Any]]):
             img, hw0 = self._resized[i]
             return self._label(i, img.copy(), hw0)  # copy: later transforms write into the image
         img, hw0 = self.load_image(i)
-        self._resized[i] = (img, hw0)
+        self._resized[i] = (img, hw0)  # under data.cache a view of the node's store: no copy is kept
         self.buffer.append(i)
         if 1 < len(self.buffer) >= self.buffer_size:  # Ultralytics' eviction rule, to the letter
             self._resized.pop(self.buffer.pop(0), None)
@@ -199,7 +183,8 @@ class YoloDataset(Dataset[dict[str, Any]]):
             out["ratio_pad"] = ((1.0, 1.0), (0, 0))  # an augmented sample has no source geometry to undo
             return out
         if self.rect_shapes is not None:
-            label = self._label(i, *self.load_image(i))
+            img, hw0 = self.load_image(i)
+            label = self._label(i, np.array(img), hw0)
             label["rect_shape"] = self.rect_shapes[i]
             return self.transforms(label)
         img = self._imread(i)
@@ -312,6 +297,7 @@ def build_loader(
     world: int | None = None,
     rect: bool = False,
     weights: np.ndarray | None = None,
+    store: ImageStore | None = None,
 ) -> DataLoader:
     """Train: an endless stream of shuffled DDP shards, every image every epoch in `batches_per_epoch` batches
     (checked against `loader_batches_per_epoch`; None: that number), from batch `start_batch` of `start_epoch`
@@ -321,13 +307,14 @@ def build_loader(
     defaults; zeros disable). Worker RNGs (which the Ultralytics transforms draw from: `random` and `np.random`)
     are seeded by torch from a generator keyed on (seed, rank), so streams differ per rank and worker and continue
     across epochs in persistent workers. With workers=0 the transforms use the main process's global RNGs.
+    `store` (data.cache): the node's decoded images of `index`, read instead of the files (train and rect val).
     """
     if rank is None or world is None:
         rank, world = (get_rank(), get_world_size()) if torch.distributed.is_initialized() else (0, 1)
     loader_args: dict[str, Any]
     if train:
         check_batches_per_epoch(len(index), world, batch_per_rank, batches_per_epoch)
-        dataset = YoloDataset(index, imgsz, augment=True, mosaic_until=mosaic_until, **_hyp(augment))
+        dataset = YoloDataset(index, imgsz, augment=True, mosaic_until=mosaic_until, store=store, **_hyp(augment))
         dataset.buffer_size = mosaic_buffer_size(len(index), batch_per_rank)
         sampler = EpochBatchSampler(len(index), batch_per_rank, rank, world, seed, start_epoch, start_batch,
                                     mosaic_until, weights)
@@ -335,7 +322,7 @@ def build_loader(
     elif rect:
         batches = val_batches(index.shapes, imgsz, batch_per_rank, rank, world)
         shapes = {i: shape for ids, shape in batches for i in ids}
-        dataset = YoloDataset(index, imgsz, augment=False, rect_shapes=shapes)
+        dataset = YoloDataset(index, imgsz, augment=False, rect_shapes=shapes, store=store)
         loader_args = {"batch_sampler": [ids for ids, _ in batches]}
     else:
         dataset = YoloDataset(index, imgsz, augment=False)

@@ -22,7 +22,7 @@ from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, init_seeds
 from yolo_ddp import dist
 from yolo_ddp.config import Config
 from yolo_ddp.config.from_yolo import translate
-from yolo_ddp.data import balance
+from yolo_ddp.data import balance, image_cache
 from yolo_ddp.data import select as selection
 from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend, set_mosaic_until
@@ -107,11 +107,11 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     torch.manual_seed(cfg.train.seed)  # identical init everywhere; DDP also broadcasts rank 0's weights
 
     spec = load_data_spec(resolve_data_yaml(cfg.data))
-    cache = Path(cfg.data.cache_dir).expanduser() / "index"
+    cache_dir = Path(cfg.data.cache_dir).expanduser()
     names = selection.class_names(cfg.data, spec.names)  # {0: "item"} under data.single_cls
     indexes = {}
     for split, sources in (("train", spec.train), ("val", spec.val)):
-        full = build_index(sources, spec.nc, cache, split)
+        full = build_index(sources, spec.nc, cache_dir / "index", split)
         indexes[split] = selection.select(full, cfg.data, split)  # data.fraction, data.classes, data.single_cls
         if note := selection.describe(cfg.data, len(full), len(indexes[split]), split):
             writer.info(note)
@@ -120,10 +120,18 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     amp = agree_amp_mode(cfg.train.amp, device)
     backend = resolve_backend(cfg.data, device)
     cfg = _resumed_batch(cfg, saved)
+    # data.cache: refused before the probe when it cannot fit; a ram store still to be written is counted against
+    # the host memory the plan may use. Built at the imgsz the plan chose; square validation reads the files.
+    cached = {"train": train_index, **({"val": val_index} if cfg.data.val_rect else {})} if cfg.data.cache else {}
+    pending = image_cache.pending_bytes(cached, cfg.data.imgsz, cfg.data.cache, cache_dir)
     memory_plan = memory.plan_for_run(cfg, names, device, world, amp, build_model, backend,
-                                      source_pixels=typical_source_pixels(train_index.shapes))
+                                      source_pixels=typical_source_pixels(train_index.shapes),
+                                      host_reserved=pending if cfg.data.cache == "ram" else 0)
     cfg, amp = memory.apply(cfg, memory_plan, world), memory_plan.chosen.amp
     writer.info(memory_plan.describe())
+    stores = image_cache.open_stores(cached, cfg.data.imgsz, cfg.data.cache, cache_dir)
+    for store in stores.values():
+        writer.info(store.describe())
     plan = make_plan(cfg.train, cfg.data.imgsz, world, amp, device.type, len(train_index))
     if saved and (change := resume.check_plan(saved[1]["plan"], plan, saved[0], saved[1]["epoch"], saved[1]["step"])):  # refuses before plan.json
         writer.info(change)
@@ -171,13 +179,14 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     del saved  # the state dicts are loaded; do not hold a second copy through training
 
     writer.info(f"data backend: {backend}")
-    val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world)
+    val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world,
+                                  stores.get("val"))
     weights = balance.image_weights(train_index, len(names)) if cfg.data.sampler == "balanced" else None
     train_stream = build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
                                       plan.loader_batches_per_epoch, plan.epochs, cfg.train.seed, device, rank, world,
                                       start_epoch=state.epoch,
                                       start_batch=plan.schedule.batches_before(state.epoch, state.step),
-                                      weights=weights)
+                                      weights=weights, store=stores.get("train"))
     train_batches = iter(train_stream)
     scorer = make_scorer(names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
     writer.watch_validation(ValPreview(val_index, names, cfg.data.imgsz, scorer, cfg.logger.val_images,

@@ -25,8 +25,9 @@ STRIDE = 32
 ModelBuilder = Callable[[ModelConfig, dict[int, str], TrainConfig, int], torch.nn.Module]
 
 
-def free_bytes(device: torch.device, local_ranks: int | None = None) -> int:
-    """Free memory this rank may count on: the GPU's free memory, or its share of the host's available RAM."""
+def free_bytes(device: torch.device, local_ranks: int | None = None, host_reserved: int = 0) -> int:
+    """Free memory this rank may count on: the GPU's free memory, or its share of the host's available RAM less
+    `host_reserved` (a data.cache=ram store about to be written: one per node)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
@@ -34,9 +35,10 @@ def free_bytes(device: torch.device, local_ranks: int | None = None) -> int:
     try:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        return info["MemAvailable"] // local_world
+        available = info["MemAvailable"]
     except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") // local_world
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return max(0, available - host_reserved) // local_world
 
 
 def largest_imgsz(cfg: Config) -> int:
@@ -53,7 +55,7 @@ def max_scaled(imgsz: int, factor: float) -> int:
 
 def plan_for_run(cfg: Config, names: dict[int, str], device: torch.device, world: int, amp: str,
                  build_model: ModelBuilder, backend: str, local_ranks: int | None = None,
-                 source_pixels: int | None = None) -> MemoryPlan:
+                 source_pixels: int | None = None, host_reserved: int = 0) -> MemoryPlan:
     """Rank 0 probes and decides against the smallest budget of all ranks; every rank gets that decision.
 
     `build_model` builds the model a candidate would train; `backend`: the data backend the run resolved
