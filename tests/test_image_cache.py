@@ -3,11 +3,14 @@ that a failed or interrupted build left behind."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
 import random
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -196,3 +199,34 @@ def test_dali_reads_the_store_instead_of_decoding(tmp_path: Path) -> None:
     assert a["im_file"] == b["im_file"] and torch.equal(a["bboxes"], b["bboxes"])
     # Decode + one resize vs the stored load_image + a second resize: close, not bit-equal.
     assert (a["img"].float() - b["img"].float()).abs().mean() < 3
+
+
+@pytest.mark.slow
+def test_two_ranks_share_one_store_and_train_as_without_it(tmp_path: Path) -> None:
+    """A 2-rank job with loader workers: local rank 0 builds one store per split, the next job reuses it, and
+    the losses are those of the same job without the cache."""
+    make_index(tmp_path, n=12)
+    (tmp_path / "ds/data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [a, b, c]\n")
+    shm = tmp_path / "shm"
+
+    def run(name: str, *extra: str) -> tuple[list[dict], str]:
+        env = {**os.environ, "YOLO_DDP_OUTPUTS": str(tmp_path / name), "CUDA_VISIBLE_DEVICES": "",
+               image_cache.SHM_ENV: str(shm)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "launcher", "+experiment=pcb_defects", f"data.path={tmp_path / 'ds/data.yaml'}",
+             "train=cpu_quick", "train.epochs=2", "train.val_every=1", f"data.imgsz={S}", "train.batch=4",
+             "data.workers=1", "logger=csv", "launcher.nproc_per_node=2", f"data.cache_dir={tmp_path / 'cache'}",
+             *extra], capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parents[1])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        [metrics] = (tmp_path / name).rglob("metrics.csv")
+        return list(csv.DictReader(metrics.open())), (metrics.parent / "rank0.log").read_text()
+
+    plain, _ = run("plain")
+    cached, log = run("cached", "data.cache=ram")
+    assert log.count("data.cache=ram: 12 images") == 2 and log.count("built in") == 2  # train and val stores
+    assert sorted(p.name.split("-")[0] for p in (shm / "yolo_ddp").iterdir()) == ["train", "val"]
+    again, log = run("again", "data.cache=ram")
+    assert log.count("(reused)") == 2
+    losses = ("box_loss", "cls_loss", "dfl_loss", "mAP50-95")
+    assert [[r[k] for k in losses] for r in plain] == [[r[k] for k in losses] for r in cached] == \
+        [[r[k] for k in losses] for r in again]
