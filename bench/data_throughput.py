@@ -6,9 +6,13 @@ augmentation. `ultralytics` rows use Ultralytics' own dataset and InfiniteDataLo
 perspective), the loader `yolo train` runs; our torch rows use the same Ultralytics transforms over the
 node-shared index. `auto` rows build what `data.backend=auto` picks on this machine through the
 trainer's own `build_train_stream`. `stage:` rows split the DALI CPU cost (decode only, decode +
-resize) against OpenCV to show where time goes.
+resize) against OpenCV to show where time goes. `+cache=` rows read the node-shared image store
+(`data.cache`, built once before they run: the `cache build` row) instead of decoding; `ultralytics
+cache=ram` is its own per-process RAM cache.
 
     python bench/data_throughput.py --imgsz 640 --batch 32 --workers 2 --batches 30
+    python bench/data_throughput.py --imgsz 640 --image-size 1280 --batch 16 --workers 2 --batches 20 \
+        --skip stage:cv2.imread,stage:cv2.imread+resize   # 1280-px sources: the cache rows' case
     python bench/data_throughput.py --imgsz 640 --batch 64 --workers 16 --batches 100   # on a GPU box
 """
 
@@ -19,6 +23,8 @@ import csv
 import itertools
 import os
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from datetime import date
@@ -32,6 +38,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from yolo_ddp.config import DataConfig  # noqa: E402
+from yolo_ddp.data import image_cache  # noqa: E402
 from yolo_ddp.data.dali import DaliSettings, DaliTrainStream  # noqa: E402
 from yolo_ddp.data.dali_source import Augment  # noqa: E402
 from yolo_ddp.data.dataset import build_index  # noqa: E402
@@ -78,13 +85,14 @@ def dali_stage_pipe(files: list[str], batch: int, imgsz: int, threads: int, resi
         yield [None] * len(out)
 
 
-def ultralytics_loader(data_yaml: Path, imgsz: int, batch: int, workers: int, mosaic: float):
+def ultralytics_loader(data_yaml: Path, imgsz: int, batch: int, workers: int, mosaic: float, cache: bool = False):
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
 
     data = check_det_dataset(str(data_yaml))
-    cfg = get_cfg(overrides={"imgsz": imgsz, "mosaic": mosaic, "batch": batch, "workers": workers})
+    cfg = get_cfg(overrides={"imgsz": imgsz, "mosaic": mosaic, "batch": batch, "workers": workers,
+                             "cache": "ram" if cache else False})
     dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="train")
     return build_dataloader(dataset, batch, workers, shuffle=True)
 
@@ -114,14 +122,28 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     skip = set(filter(None, args.skip.split(",")))
 
-    def torch_rows(aug: Augment) -> Iterable[dict]:
+    stores: dict[str, image_cache.ImageStore] = {}
+
+    def store(mode: str) -> image_cache.ImageStore:
+        if mode not in stores:
+            stores[mode] = image_cache.open_store(index.im_files, index.shapes, s, mode, Path(args.cache), "bench")
+        return stores[mode]
+
+    def build_rate() -> float:
+        shutil.rmtree(image_cache.store_root("ram", Path(args.cache)), ignore_errors=True)
+        t0 = time.perf_counter()
+        store("ram")
+        return len(index) / (time.perf_counter() - t0)
+
+    def torch_rows(aug: Augment, cache: str = "") -> Iterable[dict]:
         hyp = {k: getattr(aug, k) for k in ("hsv_h", "hsv_s", "hsv_v", "fliplr", "mosaic", "scale")}
         return build_loader(index, s, b, args.workers, train=True, augment=hyp, pin_memory=gpu,
-                            batches_per_epoch=per_epoch, mosaic_until=10**9)
+                            batches_per_epoch=per_epoch, mosaic_until=10**9, store=store(cache) if cache else None)
 
-    def dali(aug: Augment, device_id: int | None) -> Iterable[dict]:
+    def dali(aug: Augment, device_id: int | None, cache: str = "") -> Iterable[dict]:
         settings = DaliSettings(device_id, threads=args.dali_threads)
-        return DaliTrainStream(index, s, b, per_epoch, 0, 1, 0, aug, settings, mosaic_until=10**9)
+        return DaliTrainStream(index, s, b, per_epoch, 0, 1, 0, aug, settings, mosaic_until=10**9,
+                               store=store(cache) if cache else None)
 
     def auto(aug: Augment) -> Iterable[dict]:
         """What the trainer builds for `data.backend=auto` on this machine, through its own code path."""
@@ -139,6 +161,13 @@ def main() -> None:
                                                nb, args.warmup, False)),
         (f"auto ({chosen})", "plain", lambda: rate(auto(plain), nb, args.warmup, gpu)),
         (f"auto ({chosen})", "mosaic", lambda: rate(auto(mosaic), nb, args.warmup, gpu)),
+        ("cache build", f"{min(16, os.cpu_count() or 1)} threads", build_rate),
+        ("torch+cache=ram", "plain", lambda: rate(torch_rows(plain, "ram"), nb, args.warmup, False)),
+        ("torch+cache=ram", "mosaic", lambda: rate(torch_rows(mosaic, "ram"), nb, args.warmup, False)),
+        ("torch+cache=disk", "mosaic", lambda: rate(torch_rows(mosaic, "disk"), nb, args.warmup, False)),
+        ("dali-cpu+cache=ram", "mosaic", lambda: rate(dali(mosaic, None, "ram"), nb, args.warmup, False)),
+        ("ultralytics cache=ram", "mosaic", lambda: rate(ultralytics_loader(data_yaml, s, b, args.workers, 1.0,
+                                                                            cache=True), nb, args.warmup, False)),
     ]
     if gpu:
         rows += [("dali-mixed", "plain", lambda: rate(dali(plain, 0), nb, args.warmup, True)),
@@ -159,6 +188,8 @@ def main() -> None:
     ]
 
     results: list[dict] = []
+    # The bench's ram store goes to a tmpfs dir of its own, removed at the end (a job's store stays for reuse).
+    os.environ[image_cache.SHM_ENV] = tempfile.mkdtemp(prefix="yolo_ddp_bench_", dir=image_cache.shm_dir())
     for name, aug, run in rows:
         if name in skip:
             continue
@@ -167,6 +198,9 @@ def main() -> None:
         cpu = psutil.cpu_percent()  # all cores, whoever uses them (loader workers, DALI threads)
         results.append({"loader": name, "augment": aug, "img_per_s": img_per_s, "cpu_percent": cpu})
         print(f"  measured {name} ({aug}): {img_per_s:.1f} img/s at {cpu:.0f}% CPU", flush=True)
+    shutil.rmtree(os.environ[image_cache.SHM_ENV], ignore_errors=True)
+    for d in image_cache.store_root("disk", Path(args.cache)).glob(f"bench-{s}-*"):
+        shutil.rmtree(d, ignore_errors=True)
     ref = {r["augment"]: r["img_per_s"] for r in results if r["loader"] == "torch"}
     machine = f"{platform.node()} {os.cpu_count()} cores" + (f", {torch.cuda.get_device_name(0)}" if gpu else "")
     print(f"\n{date.today()}  {machine}  imgsz={s} batch={b} workers={args.workers} source {args.image_size}px JPEG")

@@ -20,6 +20,8 @@ bench/out/train_throughput.csv.
 
   python bench/train_throughput.py --device cpu --imgsz 256 --batch 16 --epochs 3 --pairs 2
   python bench/train_throughput.py --device 0 --imgsz 640 --batch 64 --epochs 4 --amp bf16 --workers 16
+  python bench/train_throughput.py --device cpu --imgsz 640 --image-size 1280 --batch 8 --epochs 3 --pairs 1 \
+      --n-train 64 --workers 2 --backend torch --variant nocache= --variant cache=data.cache=ram
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or a CUDA index such as 0")
     p.add_argument("--model", default="yolov8n.yaml")
     p.add_argument("--imgsz", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=0, help="side of the synthetic source JPEGs (0: imgsz)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--workers", type=int, default=1)
@@ -204,8 +207,9 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from yolo_ddp.data.synthetic import materialize
 
-    data_yaml = materialize(OUT / "cache" / f"pcb-{a.n_train}-{a.imgsz}", n_train=a.n_train, n_val=16,
-                            img_size=a.imgsz, seed=0)
+    source = a.image_size or a.imgsz
+    data_yaml = materialize(OUT / "cache" / f"pcb-{a.n_train}-{source}", n_train=a.n_train, n_val=16,
+                            img_size=source, seed=0)
     if bad := [v for v in a.variant if "=" not in v]:
         p.error(f"--variant {bad[0]!r}: use NAME=OVERRIDES, e.g. --variant plain=\"train.channels_last=false\" "
                 "or --variant defaults= for none")
