@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -250,12 +251,13 @@ def _finish(img: np.ndarray, rng: Rng) -> np.ndarray:
     return cv2.GaussianBlur(cv2.add(img, cv2.merge([field] * 3), dtype=cv2.CV_8U), (3, 3), 0.8)
 
 
-def _render(rng: Rng, s: int) -> tuple[np.ndarray, list[str]]:
+def _render(rng: Rng, s: int, class_p: Sequence[float] | None = None) -> tuple[np.ndarray, list[str]]:
     """One image and its label rows; about one image in ten is a defect-free background image."""
     pal = _palette(rng)
     img, occ, rows = np.full((s, s, 3), pal["board"], np.uint8), np.zeros((s, s), bool), []
     for _ in range(0 if rng.random() < 0.1 else int(rng.integers(1, 5))):
-        cls = int(rng.integers(len(CLASS_NAMES)))
+        n = len(CLASS_NAMES)  # class_p skews the draw (bench/make_imbalanced.py); None: uniform, as before
+        cls = int(rng.integers(n)) if class_p is None else int(rng.choice(n, p=class_p))
         box = _place(img, occ, rng, cls, pal)
         if box is not None:
             (cx, cy), (w, h) = (box[:2] + box[2:]) / 2 / s, (box[2:] - box[:2]) / s
@@ -264,12 +266,13 @@ def _render(rng: Rng, s: int) -> tuple[np.ndarray, list[str]]:
     return _finish(img, rng), rows
 
 
-def _write_split(root: Path, split: str, n: int, s: int, seed: int, stream: int) -> None:
+def _write_split(root: Path, split: str, n: int, s: int, seed: int, stream: int,
+                 class_p: Sequence[float] | None = None) -> None:
     """Write one split; every image has its own seed stream, so train and val never share an image."""
     for sub in ("images", "labels"):
         (root / sub / split).mkdir(parents=True)
     for i in range(n):
-        img, rows = _render(np.random.default_rng([seed, stream, i]), s)
+        img, rows = _render(np.random.default_rng([seed, stream, i]), s, class_p)
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {split} image {i}")
