@@ -26,7 +26,6 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +33,17 @@ from datetime import datetime
 from pathlib import Path
 
 from make_imbalanced import CLASS_NAMES, DEFAULT_SHARES, class_counts, counts_table, default_root, make
-from parity import OUT, REPO, RunFailed, _env, _run_logged, md_table, mean_std, our_overrides
+from parity import (
+    OUT,
+    REPO,
+    RunFailed,
+    _run_logged,
+    load_result,
+    md_table,
+    mean_std,
+    our_overrides,
+    run_val,
+)
 
 STUDY = OUT / "balance"
 SAMPLERS = ("uniform", "balanced")
@@ -144,13 +153,7 @@ def seen_rare(run_dir: Path, rare: str) -> float | None:
 
 def yolo_val(weights: Path, data_yaml: Path, imgsz: int, run_dir: Path) -> dict:
     """Ultralytics' validator on `weights`: mAP50-95, mAP50, per-class AP50-95 / AP50, the checkpoint's epoch."""
-    args = {"weights": str(weights), "data": str(data_yaml), "imgsz": imgsz, "project": str(run_dir)}
-    proc = subprocess.run([sys.executable, "-c", VAL_SNIPPET, json.dumps(args)], cwd=OUT, env=_env(),
-                          capture_output=True, text=True)
-    found = [x for x in proc.stdout.splitlines() if x.startswith("STUDY_VAL ")]
-    if proc.returncode or not found:
-        raise RunFailed(f"yolo val on {weights} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(found[-1].split(" ", 1)[1])
+    return run_val(VAL_SNIPPET, "STUDY_VAL", weights, data_yaml, imgsz, run_dir)
 
 
 def _by_name(per_class: dict[str, float]) -> dict[str, float]:
@@ -160,7 +163,7 @@ def _by_name(per_class: dict[str, float]) -> dict[str, float]:
 def run_one(a: argparse.Namespace, sampler: str, seed: int, data_yaml: Path, rare: str) -> Result:
     run_dir = STUDY / data_yaml.parent.name / f"{sampler}-e{a.epochs}-s{seed}"
     want = recipe(a, sampler, data_yaml)
-    if not a.fresh and (saved := _load_result(run_dir, want)):
+    if not a.fresh and (saved := load_result(run_dir, want, Result, RESULT_FILE)):
         print(f"{sampler} seed {seed}: kept {run_dir / RESULT_FILE}", flush=True)
         return saved
     shutil.rmtree(run_dir, ignore_errors=True)  # our launcher refuses a run dir that holds a run
@@ -174,14 +177,6 @@ def run_one(a: argparse.Namespace, sampler: str, seed: int, data_yaml: Path, rar
     print(f"{sampler} seed {seed}: {rare} AP50-95 {result.ap.get(rare, 0.0):.4f}, mAP50-95 {result.map:.4f}, "
           f"{wall:.0f} s", flush=True)
     return result
-
-
-def _load_result(run_dir: Path, want: dict) -> Result | None:
-    try:
-        saved = Result(**json.loads((run_dir / RESULT_FILE).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    return saved if saved.recipe == want else None
 
 
 def others_map(r: Result, rare: str) -> float:

@@ -302,15 +302,20 @@ def _curve(path: Path, column: str) -> list[float]:
     return curve
 
 
-def yolo_val(weights: Path, data_yaml: Path, imgsz: int, run_dir: Path) -> tuple[float, int | None]:
-    """Ultralytics' validator on `weights`: (mAP50-95, the epoch stored in the checkpoint)."""
+def run_val(snippet: str, tag: str, weights: Path, data_yaml: Path, imgsz: int, run_dir: Path) -> dict:
+    """Run a validation `snippet` in a fresh process; the JSON it printed after `tag`."""
     args = {"weights": str(weights), "data": str(data_yaml), "imgsz": imgsz, "project": str(run_dir)}
-    proc = subprocess.run([sys.executable, "-c", VAL_SNIPPET, json.dumps(args)], cwd=OUT, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", snippet, json.dumps(args)], cwd=OUT, env=_env(),
                           capture_output=True, text=True)
-    found = [x for x in proc.stdout.splitlines() if x.startswith("PARITY_VAL ")]
+    found = [x for x in proc.stdout.splitlines() if x.startswith(f"{tag} ")]
     if proc.returncode or not found:
         raise RunFailed(f"yolo val on {weights} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    out = json.loads(found[-1].split(" ", 1)[1])
+    return json.loads(found[-1].split(" ", 1)[1])
+
+
+def yolo_val(weights: Path, data_yaml: Path, imgsz: int, run_dir: Path) -> tuple[float, int | None]:
+    """Ultralytics' validator on `weights`: (mAP50-95, the epoch stored in the checkpoint)."""
+    out = run_val(VAL_SNIPPET, "PARITY_VAL", weights, data_yaml, imgsz, run_dir)
     return out["map"], out["epoch"]
 
 
@@ -342,7 +347,7 @@ def run_one(config: str, seed: int, a: argparse.Namespace, data_name: str, data_
     variant = _batches(a) + (ultra if config == "ultralytics" else _variant(a))
     run_dir = PARITY / data_name / f"{config}{variant}-s{seed}"
     want = recipe(config, a, data_yaml, translate)
-    if a.resume and (saved := _load_result(run_dir, want)):
+    if a.resume and (saved := load_result(run_dir, want)):
         print(f"{config} seed {seed}: kept {run_dir / RESULT_FILE}", flush=True)
         return saved
     shutil.rmtree(run_dir, ignore_errors=True)  # our launcher refuses a run dir that holds a run
@@ -363,9 +368,10 @@ def run_one(config: str, seed: int, a: argparse.Namespace, data_name: str, data_
     return result
 
 
-def _load_result(run_dir: Path, want: dict) -> Result | None:
+def load_result(run_dir: Path, want: dict, kind: type = Result, name: str = RESULT_FILE):
+    """A finished run's saved `kind` (a dataclass with a `recipe` field) when its recipe is `want`; else None."""
     try:
-        saved = Result(**json.loads((run_dir / RESULT_FILE).read_text()))
+        saved = kind(**json.loads((run_dir / name).read_text()))
     except (OSError, ValueError, TypeError):
         return None
     return saved if saved.recipe == want else None
