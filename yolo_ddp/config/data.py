@@ -91,6 +91,12 @@ class DataConfig:
     # node into one store every rank and loader worker memory-maps: ram on /dev/shm, disk under cache_dir/images.
     # Reused while the files and imgsz match; refused up front when it cannot fit (yolo_ddp/data/image_cache.py).
     cache: Any = False
+    # Tiled training for small objects on large images (yolo_ddp/data/tiles): each training image larger than
+    # `tile` source pixels becomes overlapping tile x tile windows (0: off), starting every tile x (1 - overlap)
+    # pixels; a box is kept in a window when at least tile_min_visible of its area lies inside. Torch backend only.
+    tile: int = 0
+    tile_overlap: float = 0.2
+    tile_min_visible: float = 0.5
     # Validate as Ultralytics' validator: batches of images sorted by aspect ratio, each letterboxed to its own
     # rectangle (multiple of 32, pad 0.5). false: every image letterboxed to imgsz x imgsz (cheaper to pad, but
     # mAP then differs from `yolo val`).
@@ -105,6 +111,12 @@ class DataConfig:
               f"got '{self.sampler}'; choose uniform or balanced.")
         check(self.backend in DATA_BACKENDS, "data.backend", f"got '{self.backend}'; choose one of {DATA_BACKENDS}.")
         check(self.workers >= 0, "data.workers", "must be >= 0.")
+        check(self.tile == 0 or self.tile >= 32, "data.tile",
+              f"got {self.tile}; a tile side in source pixels >= 32 (e.g. 640), or 0 for whole images.")
+        check(0.0 <= self.tile_overlap < 1.0, "data.tile_overlap",
+              f"got {self.tile_overlap}; a fraction of the tile in [0, 1), e.g. 0.2.")
+        check(0.0 < self.tile_min_visible <= 1.0, "data.tile_min_visible",
+              f"got {self.tile_min_visible}; the share of a box's area a window must hold, in (0, 1], e.g. 0.5.")
         check(bool(self.path) or self.name == SYNTHETIC_DATA, "data.path",
                f"data '{self.name}' has no data set on disk: pass data.path=path/to/data.yaml (an Ultralytics "
                f"data.yaml), a VOC folder or a COCO instances_*.json, or use data=pcb_defects for the built-in "

@@ -46,10 +46,17 @@ class DatasetIndex:
     skipped: list[str] = field(default_factory=list)  # corrupt/unreadable images left out, "path: reason"
     duplicates_removed: int = 0
     polygons_converted: int = 0  # segmentation rows trained as their boxes
+    # data.tile: (N, 4) x0, y0, x1, y1 of each sample's window in its image (yolo_ddp/data/tiles); None: whole
+    # images. `shapes` and `labels` are then the windows'.
+    windows: np.ndarray | None = None
     cache_path: Path | None = field(default=None, repr=False, compare=False)  # where the memmaps live
 
     def __len__(self) -> int:
         return len(self.im_files)
+
+    def window(self, i: int) -> tuple[int, int, int, int] | None:
+        """Sample i's crop (x0, y0, x1, y1) of its image file, or None for the whole image."""
+        return None if self.windows is None else tuple(int(v) for v in self.windows[i])
 
     def labels_for(self, i: int) -> np.ndarray:
         """(k, 5) rows of image i; a read-only view when memory-mapped, so copy before editing in place."""

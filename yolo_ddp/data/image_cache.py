@@ -54,17 +54,23 @@ def load_image_size(hw0: tuple[int, int], imgsz: int) -> tuple[int, int]:
     return min(math.ceil(h0 * r), imgsz), min(math.ceil(w0 * r), imgsz)
 
 
-def read_bgr(path: str) -> np.ndarray:
-    """The source pixels as Ultralytics reads them: BGR HWC uint8, EXIF orientation applied (as the index's shapes)."""
+def read_bgr(path: str, window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The source pixels as Ultralytics reads them: BGR HWC uint8, EXIF orientation applied (as the index's shapes);
+    `window` (x0, y0, x1, y1, data.tile) crops them."""
     img = imread(path)
     if img is None:
         raise FileNotFoundError(f"Image {path} could not be read although it passed indexing; was it changed?")
+    if window is not None:
+        x0, y0, x1, y1 = window
+        img = np.ascontiguousarray(img[y0:y1, x0:x1])
     return img
 
 
-def load_resized(path: str, imgsz: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Ultralytics' `load_image` without its cache: BGR HWC uint8, long side imgsz, and the original (h, w)."""
-    img = read_bgr(path)
+def load_resized(path: str, imgsz: int, window: tuple[int, int, int, int] | None = None,
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Ultralytics' `load_image` without its cache: BGR HWC uint8, long side imgsz, and the original (h, w) (of the
+    window, under data.tile)."""
+    img = read_bgr(path, window)
     hw0 = img.shape[:2]
     h, w = load_image_size(hw0, imgsz)
     if (h, w) != hw0:
@@ -111,13 +117,16 @@ def _images(n: int, split: str, imgsz: int) -> str:
     return f"the {n} '{split}' images decoded at data.imgsz={imgsz}"
 
 
-def _files_key(files: list[str], imgsz: int) -> str:
-    return hashlib.sha1(f"v{_VERSION} {imgsz}\n{chr(10).join(files)}".encode()).hexdigest()[:16]
+def _files_key(files: list[str], imgsz: int, windows: np.ndarray | None) -> str:
+    h = hashlib.sha1(f"v{_VERSION} {imgsz}\n{chr(10).join(files)}".encode())
+    if windows is not None:
+        h.update(np.ascontiguousarray(windows, np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _content_key(files: list[str]) -> str:
     h = hashlib.sha1()
-    for f in files:
+    for f in dict.fromkeys(files):  # a tiled index lists a file once per window
         st = os.stat(f)
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
@@ -220,9 +229,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fill(pixels: np.ndarray, files: list[str], imgsz: int, shapes: np.ndarray, offsets: np.ndarray) -> None:
+def _fill(pixels: np.ndarray, files: list[str], imgsz: int, shapes: np.ndarray, offsets: np.ndarray,
+          windows: np.ndarray | None) -> None:
     def one(i: int) -> None:
-        img, _ = load_resized(files[i], imgsz)
+        img, _ = load_resized(files[i], imgsz, None if windows is None else tuple(int(v) for v in windows[i]))
         if img.shape[:2] != tuple(shapes[i]):
             raise DataError(
                 f"{files[i]} decodes to {img.shape[1]}x{img.shape[0]} at data.imgsz={imgsz}, but its indexed size "
@@ -235,7 +245,8 @@ def _fill(pixels: np.ndarray, files: list[str], imgsz: int, shapes: np.ndarray, 
         list(ex.map(one, range(len(files))))
 
 
-def _build(final: Path, files: list[str], shapes0: np.ndarray, imgsz: int, content: str) -> None:
+def _build(final: Path, files: list[str], shapes0: np.ndarray, imgsz: int, content: str,
+           windows: np.ndarray | None = None) -> None:
     """Write the store into a temp dir beside `final` and rename it into place; nothing is left on failure."""
     shapes, offsets = _layout(shapes0, imgsz)
     nbytes = int(offsets[-1])
@@ -256,7 +267,7 @@ def _build(final: Path, files: list[str], shapes0: np.ndarray, imgsz: int, conte
             fh.truncate(nbytes)
             if nbytes:
                 pixels = np.memmap(fh, np.uint8, "r+", shape=(nbytes,))
-                _fill(pixels, files, imgsz, shapes, offsets)
+                _fill(pixels, files, imgsz, shapes, offsets, windows)
                 pixels.flush()
                 del pixels
             os.fsync(fh.fileno())
@@ -273,12 +284,13 @@ def _build(final: Path, files: list[str], shapes0: np.ndarray, imgsz: int, conte
 
 
 def open_store(files: list[str], shapes0: np.ndarray, imgsz: int, mode: str, cache_dir: Path,
-               split: str) -> ImageStore:
+               split: str, windows: np.ndarray | None = None) -> ImageStore:
     """This split's store, built by local rank 0 when missing or stale while the node's other ranks wait.
 
-    `shapes0`: the index's original (h, w) per image. Raises DataError (every rank) when it cannot be built.
+    `shapes0`: the index's original (h, w) per sample; `windows`: its data.tile crops. Raises DataError (every
+    rank) when it cannot be built.
     """
-    root, final = store_root(mode, cache_dir), _final(files, imgsz, mode, cache_dir, split)
+    root, final = store_root(mode, cache_dir), _final(files, imgsz, mode, cache_dir, split, windows)
     content = _content_key(files)
     error: Exception | None = None
     note = "reused"
@@ -291,7 +303,7 @@ def open_store(files: list[str], shapes0: np.ndarray, imgsz: int, mode: str, cac
                 need = int(_layout(shapes0, imgsz)[1][-1])
                 check_room(need, mode, root, _images(len(files), split, imgsz))
                 t0 = time.perf_counter()
-                _build(final, files, shapes0, imgsz, content)
+                _build(final, files, shapes0, imgsz, content, windows)
                 note = f"built in {time.perf_counter() - t0:.1f} s"
             except Exception as e:
                 error = e
@@ -306,8 +318,9 @@ def open_store(files: list[str], shapes0: np.ndarray, imgsz: int, mode: str, cac
     return store
 
 
-def _final(files: list[str], imgsz: int, mode: str, cache_dir: Path, split: str) -> Path:
-    return store_root(mode, cache_dir) / f"{split}-{imgsz}-{_files_key(files, imgsz)}"
+def _final(files: list[str], imgsz: int, mode: str, cache_dir: Path, split: str,
+           windows: np.ndarray | None = None) -> Path:
+    return store_root(mode, cache_dir) / f"{split}-{imgsz}-{_files_key(files, imgsz, windows)}"
 
 
 def pending_bytes(indexes: dict[str, DatasetIndex], imgsz: int, mode: str, cache_dir: Path) -> int:
@@ -317,7 +330,7 @@ def pending_bytes(indexes: dict[str, DatasetIndex], imgsz: int, mode: str, cache
     if not indexes:
         return 0
     todo = {split: index for split, index in indexes.items()
-            if _load(_final(index.im_files, imgsz, mode, cache_dir, split), mode, _content_key(index.im_files), "") is None}
+            if _load(_final(index.im_files, imgsz, mode, cache_dir, split, index.windows), mode, _content_key(index.im_files), "") is None}
     need = sum(int(_layout(index.shapes, imgsz)[1][-1]) for index in todo.values())
     if todo:
         images = " and ".join(f"the {len(ix)} '{split}'" for split, ix in todo.items())
@@ -328,5 +341,5 @@ def pending_bytes(indexes: dict[str, DatasetIndex], imgsz: int, mode: str, cache
 def open_stores(indexes: dict[str, DatasetIndex], imgsz: int, mode: str, cache_dir: Path,
                 ) -> dict[str, ImageStore]:
     """Every split's store (`open_store`), in the same order on every rank."""
-    return {split: open_store(index.im_files, index.shapes, imgsz, mode, cache_dir, split)
+    return {split: open_store(index.im_files, index.shapes, imgsz, mode, cache_dir, split, index.windows)
             for split, index in indexes.items()}

@@ -31,15 +31,16 @@ def torch_only_augment(data: DataConfig) -> list[str]:
 
 
 def resolve_backend(data: DataConfig, device: torch.device) -> str:
-    needs_torch = torch_only_augment(data) + (["data.sampler=balanced"] if data.sampler == "balanced" else [])
+    needs_torch = torch_only_augment(data) + (["data.sampler=balanced"] if data.sampler == "balanced" else []) + \
+        ([f"data.tile={data.tile}"] if data.tile else [])
     if data.backend != "auto":
         if data.backend == "dali":
             if needs_torch:
                 raise ValueError(
                     f"data.backend=dali cannot apply {', '.join(needs_torch)}: the DALI pipeline implements mosaic, "
-                    "the scale/translate affine, HSV and horizontal flips, and shards uniformly. Set "
+                    "the scale/translate affine, HSV and horizontal flips on whole images, and shards uniformly. Set "
                     "data.backend=torch (Ultralytics' own transforms, every `yolo train` augmentation, the balanced "
-                    "sampler) or set those keys to their defaults."
+                    "sampler, tiles) or set those keys to their defaults."
                 )
             _require_dali()
         return data.backend

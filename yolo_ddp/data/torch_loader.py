@@ -152,14 +152,14 @@ class YoloDataset(Dataset[dict[str, Any]]):
         }
 
     def _imread(self, i: int) -> np.ndarray:
-        return read_bgr(self.index.im_files[i])  # Format flips BGR to RGB CHW
+        return read_bgr(self.index.im_files[i], self.index.window(i))  # Format flips BGR to RGB CHW
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
         """Ultralytics' `load_image` (rect_mode): long side to imgsz, cv2.INTER_LINEAR; from the node's image store
         under data.cache (a read-only view: callers copy before editing), else decoded now."""
         if self.store is not None:
             return self.store.image(i)
-        return load_resized(self.index.im_files[i], self.imgsz)
+        return load_resized(self.index.im_files[i], self.imgsz, self.index.window(i))
 
     def get_image_and_label(self, i: int) -> dict[str, Any]:
         """A `load_image` sample, kept in the mosaic buffer, as Ultralytics' transforms expect."""

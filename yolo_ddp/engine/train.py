@@ -28,6 +28,7 @@ from yolo_ddp.data.dataset import build_index
 from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend, set_mosaic_until
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
+from yolo_ddp.data.tiles.index import tile_index
 from yolo_ddp.engine import checkpoint, resume, speed
 from yolo_ddp.engine.evaluate import EvalResult, evaluate, make_scorer
 from yolo_ddp.engine.faults import StopRequested, StopSignal, after_step_hook, stop_on_signals
@@ -115,6 +116,10 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
         indexes[split] = selection.select(full, cfg.data, split)  # data.fraction, data.classes, data.single_cls
         if note := selection.describe(cfg.data, len(full), len(indexes[split]), split):
             writer.info(note)
+    if cfg.data.tile:  # training on overlapping windows of large images; validation still on whole images
+        indexes["train"], tiling = tile_index(indexes["train"], cfg.data.tile, cfg.data.tile_overlap,
+                                              cfg.data.tile_min_visible)
+        writer.info(tiling.describe(cfg.data.tile, cfg.data.tile_overlap, cfg.data.tile_min_visible))
     train_index, val_index = indexes["train"], indexes["val"]
 
     amp = agree_amp_mode(cfg.train.amp, device)
