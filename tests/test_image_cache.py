@@ -134,11 +134,11 @@ def test_a_failed_or_killed_build_leaves_nothing_trusted(tmp_path: Path, monkeyp
     real = image_cache.load_resized
     calls = []
 
-    def flaky(path: str, imgsz: int):
+    def flaky(path: str, imgsz: int, window=None):
         calls.append(path)
         if len(calls) == 4:
             raise OSError("read error half-way")
-        return real(path, imgsz)
+        return real(path, imgsz, window)
 
     monkeypatch.setattr(image_cache, "load_resized", flaky)
     with pytest.raises(OSError, match="half-way"):

@@ -1,4 +1,5 @@
-"""`data.tile`: the tiling index (windows, boxes on seams, overlap, small images whole) and tiles as samples."""
+"""`data.tile`: the tiling index (windows, boxes on seams, overlap, small images whole), tiles as samples, and
+scoring whole boards from their windows (merged like a whole-image pass, scored by Ultralytics' metric)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 import torch
 
 from yolo_ddp.config import DataConfig
-from yolo_ddp.data.dataset import build_index
+from yolo_ddp.data.dataset import DatasetIndex, build_index
 from yolo_ddp.data.image_cache import load_resized, open_store
 from yolo_ddp.data.loaders import resolve_backend
-from yolo_ddp.data.tiles.index import clip_rows, starts, tile_index, windows
+from yolo_ddp.data.tiles import board
+from yolo_ddp.data.tiles.index import clip_rows, overlap_px, starts, tile_index, windows
 from yolo_ddp.data.torch_loader import YoloDataset
+from yolo_ddp.engine.evaluate import make_scorer, score_boards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,3 +129,107 @@ def test_a_tiled_run_trains_on_windows(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [log] = (tmp_path / "out").rglob("rank0.log")
     assert "data.tile=640 (overlap 0.2, min visible 0.5): 2 train images -> 10 samples" in log.read_text()
+
+
+def _red_boxes(img: np.ndarray) -> dict[str, torch.Tensor]:
+    """A detector whose output depends only on the pixels: every pure-red blob's box, conf from its size."""
+    red = ((img[..., 2] == 255) & (img[..., 1] == 0) & (img[..., 0] == 0)).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(red, connectivity=4)
+    b = np.array([(x, y, x + w, y + h) for x, y, w, h, _ in stats[1:n]], np.float32).reshape(-1, 4)
+    conf = 0.3 + (b[:, 2] - b[:, 0]) * 1e-3 + (b[:, 3] - b[:, 1]) * 1e-5
+    return {"bboxes": torch.from_numpy(b), "conf": torch.from_numpy(conf), "cls": torch.zeros(len(b))}
+
+
+def test_merged_tile_detections_equal_the_whole_image_detection() -> None:
+    """Objects no larger than the overlap, many across seams: the board's merged windows give the whole-image
+    detections exactly; the cut views that `keep_whole` drops are really there."""
+    rng = np.random.default_rng(1)
+    hw, tile, overlap = (1200, 1600), 640, 0.2
+    img = np.full((*hw, 3), (40, 90, 30), np.uint8)
+    taken = np.zeros(hw, bool)
+    seams = [512, 640, 960, 1024, 1152, 560]  # window edges: objects put across them on purpose
+    for k in range(60):
+        w, h = (int(v) for v in rng.integers(8, overlap_px(tile, overlap), 2))
+        x = int(seams[k % len(seams)] - rng.integers(1, w)) if k % 2 else int(rng.integers(0, hw[1] - w))
+        y = int(rng.integers(0, hw[0] - h)) if k % 2 else int(seams[k % 4] - rng.integers(1, h))
+        x, y = min(max(x, 0), hw[1] - w), min(max(y, 0), hw[0] - h)
+        if not taken[max(y - 2, 0) : y + h + 2, max(x - 2, 0) : x + w + 2].any():
+            img[y : y + h, x : x + w] = (0, 0, 255)
+            taken[y : y + h, x : x + w] = True
+    whole = _red_boxes(img)
+    parts, cut_views = [], 0
+    for win in windows(hw, tile, overlap):
+        x0, y0, x1, y1 = (int(v) for v in win)
+        dets = _red_boxes(img[y0:y1, x0:x1])
+        dets["bboxes"] = board.to_board(dets["bboxes"], (y1 - y0, x1 - x0), (y1 - y0, x1 - x0),
+                                        ((1.0, 1.0), (0, 0)), (x0, y0, x1, y1))
+        kept = board.keep_whole(dets, (x0, y0, x1, y1), hw, overlap_px(tile, overlap))
+        cut_views += len(dets["conf"]) - len(kept["conf"])
+        parts.append(kept)
+    merged = board.merge(parts, iou=0.7, max_det=300)
+    assert len(whole["conf"]) > 30 and cut_views > 10
+
+    def rows(d: dict) -> list:
+        return sorted(map(tuple, torch.cat([d["bboxes"], d["conf"][:, None]], 1).tolist()))
+
+    assert rows(merged) == rows(whole)
+
+
+def test_tile_boxes_map_back_through_the_letterbox() -> None:
+    from ultralytics.data.augment import LetterBox
+
+    window, window_hw = (960, 560, 1600, 960), (400, 640)
+    box = torch.tensor([[100.0, 50.0, 130.0, 80.0], [0.0, 0.0, 640.0, 400.0]])  # in window pixels
+    for new_shape, auto in ((320, False), ((224, 320), False)):
+        p = LetterBox(new_shape=new_shape, auto=auto, scaleup=True).get_params(
+            {"img": np.empty((*window_hw, 0), np.uint8)})
+        r, left, top = p["ratio"][0], p["left"], p["top"]
+        batch_hw = p["new_shape"] if isinstance(p["new_shape"], tuple) else (new_shape, new_shape)
+        in_batch = box * r + torch.tensor([left, top, left, top])
+        back = board.to_board(in_batch, batch_hw, window_hw, ((r, r), (left, top)), window)
+        assert torch.allclose(back, box + torch.tensor([960.0, 560.0, 960.0, 560.0]), atol=1e-3)
+
+
+def test_board_map_is_ultralytics_metric_on_the_same_detections(tmp_path: Path) -> None:
+    from ultralytics.utils.metrics import DetMetrics
+
+    rng = np.random.default_rng(2)
+    names = {0: "a", 1: "b", 2: "c"}
+    files, shapes, labels, found = [], [], [], {}
+    for j in range(4):
+        h, w = (1200, 1600) if j % 2 else (900, 700)
+        gt = []
+        for _ in range(int(rng.integers(0 if j == 3 else 1, 6))):
+            bw, bh = (float(v) for v in rng.integers(10, 60, 2))
+            x, y = float(rng.integers(0, w - bw)), float(rng.integers(0, h - bh))
+            gt.append((int(rng.integers(0, 3)), x, y, x + bw, y + bh))
+        dets = [(x0 + rng.normal(0, 2), y0 + rng.normal(0, 2), x1 + rng.normal(0, 2), y1 + rng.normal(0, 2),
+                 rng.uniform(0.2, 1), c if rng.random() < 0.8 else (c + 1) % 3) for c, x0, y0, x1, y1 in gt
+                if rng.random() < 0.85]
+        dets += [(*(lambda x, y: (x, y, x + 30, y + 20))(rng.uniform(0, w - 30), rng.uniform(0, h - 20)),
+                  rng.uniform(0.1, 0.6), int(rng.integers(0, 3))) for _ in range(int(rng.integers(0, 3)))]
+        d = torch.tensor(dets, dtype=torch.float32).reshape(-1, 6)
+        files.append(f"board{j}.png")
+        shapes.append((h, w))
+        labels.append(np.array([(c, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h)
+                                for c, x0, y0, x1, y1 in gt], np.float32).reshape(-1, 5))
+        found[files[-1]] = [{"bboxes": d[:, :4], "conf": d[:, 4], "cls": d[:, 5]}]
+    offsets = np.cumsum([0] + [len(x) for x in labels])
+    boards = DatasetIndex(files, np.array(shapes), np.concatenate(labels), offsets)
+    scorer = make_scorer(names, 0.001, 0.7, 300, tmp_path)
+    ours = score_boards(found, boards, scorer, 0.7)
+
+    theirs = make_scorer(names, 0.001, 0.7, 300, tmp_path)  # Ultralytics' own update_metrics and get_stats
+    theirs.metrics, theirs.seen, theirs.is_custom_json, theirs.build_gdict = DetMetrics(names=names), 0, False, False
+    for j, f in enumerate(files):
+        h, w = shapes[j]
+        rows = torch.from_numpy(labels[j])
+        batch = {"img": torch.zeros((1, 3, h, w), dtype=torch.uint8), "batch_idx": torch.zeros(len(rows)),
+                 "cls": rows[:, :1], "bboxes": rows[:, 1:], "ori_shape": [(h, w)], "ratio_pad": [((1.0, 1.0), (0, 0))],
+                 "im_file": [f]}
+        theirs.update_metrics([board.merge(found[f], 0.7, 300)], batch)
+    stats = theirs.get_stats()
+    assert ours.images == 4 and ours.instances == sum(len(x) for x in labels)
+    assert ours.map50_95 == pytest.approx(stats["metrics/mAP50-95(B)"], abs=1e-9)
+    assert ours.map50 == pytest.approx(stats["metrics/mAP50(B)"], abs=1e-9)
+    assert 0 < ours.map50_95 < 1

@@ -186,11 +186,13 @@ class YoloDataset(Dataset[dict[str, Any]]):
             img, hw0 = self.load_image(i)
             label = self._label(i, np.array(img), hw0)
             label["rect_shape"] = self.rect_shapes[i]
-            return self.transforms(label)
-        img = self._imread(i)
-        label = self._label(i, img, img.shape[:2])
-        label["ratio_pad"] = (1.0, 1.0)  # LetterBox turns this into ((r, r), (padw, padh))
-        return self.transforms(label)
+        else:
+            img = self._imread(i)
+            label = self._label(i, img, img.shape[:2])
+            label["ratio_pad"] = (1.0, 1.0)  # LetterBox turns this into ((r, r), (padw, padh))
+        out = self.transforms(label)
+        out["index"] = i  # which sample: whole-board scoring finds a tile's window by it
+        return out
 
 
 def mosaic_buffer_size(n_images: int, batch_per_rank: int) -> int:

@@ -25,12 +25,12 @@ from yolo_ddp.config.from_yolo import translate
 from yolo_ddp.data import balance, image_cache
 from yolo_ddp.data import select as selection
 from yolo_ddp.data.dataset import build_index
-from yolo_ddp.data.loaders import build_train_stream, build_val_loader, resolve_backend, set_mosaic_until
+from yolo_ddp.data.loaders import build_train_stream, resolve_backend, set_mosaic_until
 from yolo_ddp.data.source import resolve_data_yaml
 from yolo_ddp.data.spec import load_data_spec
 from yolo_ddp.data.tiles.index import tile_index
 from yolo_ddp.engine import checkpoint, resume, speed
-from yolo_ddp.engine.evaluate import EvalResult, evaluate, make_scorer
+from yolo_ddp.engine.evaluate import EvalResult, make_scorer, make_validation
 from yolo_ddp.engine.faults import StopRequested, StopSignal, after_step_hook, stop_on_signals
 from yolo_ddp.engine.heartbeat import Heartbeat, explain_timeout, is_collective_timeout
 from yolo_ddp.engine.loop import LOSS_NAMES, StepContext, TrainState, train_one_epoch
@@ -184,8 +184,13 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
     del saved  # the state dicts are loaded; do not hold a second copy through training
 
     writer.info(f"data backend: {backend}")
-    val_loader = build_val_loader(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world,
-                                  stores.get("val"))
+    # Validate in fp16 when training uses AMP, as Ultralytics does: bf16's 8-bit mantissa would move
+    # box corners by pixels at 640 px and bias mAP50-95.
+    eval_dtype = torch.float16 if amp != "off" and device.type == "cuda" else None
+    scorer = make_scorer(names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
+    # Before the train stream: validation's persistent workers fork before any loader thread exists.
+    validate = make_validation(cfg.data, backend, val_index, plan.batch_per_rank * 2, device, rank, world, scorer,
+                               eval_dtype, stores.get("val"))
     weights = balance.image_weights(train_index, len(names)) if cfg.data.sampler == "balanced" else None
     train_stream = build_train_stream(cfg.data, backend, train_index, plan.batch_per_rank,
                                       plan.loader_batches_per_epoch, plan.epochs, cfg.train.seed, device, rank, world,
@@ -193,13 +198,9 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
                                       start_batch=plan.schedule.batches_before(state.epoch, state.step),
                                       weights=weights, store=stores.get("train"))
     train_batches = iter(train_stream)
-    scorer = make_scorer(names, cfg.train.conf, cfg.train.iou, cfg.train.max_det, run_dir)
+    ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], cfg.logger.log_every_steps)
     writer.watch_validation(ValPreview(val_index, names, cfg.data.imgsz, scorer, cfg.logger.val_images,
                                       rect=cfg.data.val_rect))
-    ctx = StepContext(plan, cfg.train, device, AMP_DTYPES[amp], cfg.logger.log_every_steps)
-    # Validate in fp16 when training uses AMP, as Ultralytics does: bf16's 8-bit mantissa would move
-    # box corners by pixels at 640 px and bias mAP50-95.
-    eval_dtype = torch.float16 if amp != "off" and device.type == "cuda" else None
     train_args = {"task": "detect", "model": cfg.model.cfg, "data": str(spec.yaml_path), "imgsz": cfg.data.imgsz,
                   "epochs": cfg.train.epochs, "batch": cfg.train.batch, "nbs": cfg.train.nbs}
 
@@ -246,7 +247,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
         set_criterion_epoch(state.criterion, state.epoch)
         epoch_result = None
         if state.epoch % cfg.train.val_every == 0 or state.epoch == plan.epochs:
-            epoch_result = evaluate(weights_to_validate(state), val_loader, scorer, device, eval_dtype)
+            epoch_result = validate(weights_to_validate(state))
             result = epoch_result or result
         fitness = dist.broadcast_object(epoch_result.fitness if epoch_result else None)
         is_best = fitness is not None and fitness > state.best_fitness
@@ -260,6 +261,7 @@ def _train(cfg: Config, run_dir: Path, device: torch.device, node: NodeTopology,
         last_row = {"epoch": state.epoch, "step": state.step, **{k: stats[k] for k in LOSS_NAMES},
                     "mAP50": epoch_result.map50 if epoch_result else "",
                     "mAP50-95": epoch_result.map50_95 if epoch_result else "",
+                    **({"mAP50-95_whole": epoch_result.whole.map50_95 if epoch_result else ""} if cfg.data.tile else {}),
                     "img_per_s": stats["img_per_s"], "epoch_time_s": stats["epoch_time_s"], "lr": stats["lr"],
                     "peak_mem_gib": stats["peak_mem_gib"], "train_end_s": train_end_s,
                     "elapsed_s": time.perf_counter() - start}  # after validation and checkpoint: Ultralytics' `time`

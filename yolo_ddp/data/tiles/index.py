@@ -24,8 +24,12 @@ def starts(length: int, tile: int, overlap: float) -> list[int]:
     """Window starts along one side of `length` pixels: every round(tile x (1 - overlap)), the last flush."""
     if length <= tile:
         return [0]
-    step = max(1, round(tile * (1 - overlap)))
-    return [*range(0, length - tile, step), length - tile]
+    return [*range(0, length - tile, tile - overlap_px(tile, overlap)), length - tile]
+
+
+def overlap_px(tile: int, overlap: float) -> int:
+    """Pixels two neighbouring windows share at least (the last window of a side may share more)."""
+    return tile - max(1, round(tile * (1 - overlap)))
 
 
 def windows(hw: tuple[int, int], tile: int, overlap: float) -> np.ndarray:
