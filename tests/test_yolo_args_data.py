@@ -133,7 +133,8 @@ def test_time_bounds_a_run(tmp_path: Path) -> None:
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     log = (run_dir / "rank0.log").read_text()
-    assert "epochs fit the budget" in log
+    # Re-planned after epoch 1, or (on a loaded machine, epoch 1 alone past 3.6 s) ended inside it: both stop early.
+    assert "epochs fit the budget" in log or "h reached after optimizer step" in log
     assert 1 <= len(rows) < 1000 and rows[-1]["mAP50-95"] != ""  # the last epoch is validated
     saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
     assert saved["plan"]["epochs"] == saved["epoch"] == len(rows)

@@ -14,6 +14,7 @@ pixels. The whole-image score (what `yolo val` at the same imgsz gives) is compu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -69,6 +70,24 @@ def _targets(batch: dict, si: int, hw: tuple[int, int], device: torch.device) ->
     return {"cls": cls, "bboxes": boxes}
 
 
+def _predictions(model: torch.nn.Module, loader, scorer: DetectionValidator, device: torch.device,
+                 amp_dtype: torch.dtype | None) -> Iterator[tuple[dict, tuple[int, int], int, dict]]:
+    """(batch, its (h, w), sample si, si's detections after Ultralytics' NMS) over the loader, in eval mode."""
+    was_training = model.training
+    model.eval()
+    scorer.end2end = getattr(model, "end2end", False)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    try:
+        for batch in loader:
+            img = batch["img"].to(device, non_blocking=True).float() / 255
+            with torch.no_grad(), autocast:
+                preds = model(img)
+            for si, pred in enumerate(scorer.postprocess(preds)):
+                yield batch, tuple(img.shape[2:]), si, pred
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -78,18 +97,9 @@ def evaluate(
     amp_dtype: torch.dtype | None,
 ) -> EvalResult | None:
     """Returns the result on rank 0 and None elsewhere. `model` is a plain (unwrapped) module."""
-    was_training = model.training
-    model.eval()
-    scorer.end2end = getattr(model, "end2end", False)
     stats: dict[str, list] = {"tp": [], "conf": [], "pred_cls": [], "target_cls": [], "target_img": []}
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    for batch in loader:
-        img = batch["img"].to(device, non_blocking=True).float() / 255
-        with autocast:
-            preds = model(img)
-        for si, pred in enumerate(scorer.postprocess(preds)):
-            _append(stats, scorer, pred, _targets(batch, si, tuple(img.shape[2:]), device))
-    model.train(was_training)
+    for batch, hw, si, pred in _predictions(model, loader, scorer, device, amp_dtype):
+        _append(stats, scorer, pred, _targets(batch, si, hw, device))
     gathered = dist.gather_objects(stats)
     return None if gathered is None else reduce_stats(gathered, scorer.names)
 
@@ -150,23 +160,13 @@ def evaluate_boards(model: torch.nn.Module, loader, tiles: DatasetIndex, boards:
                     overlap_px: int) -> EvalResult | None:
     """data.tile: mAP per board from its windows' detections (rank 0; None elsewhere)."""
     board_hw = {f: (int(h), int(w)) for f, (h, w) in zip(boards.im_files, boards.shapes, strict=True)}
-    was_training = model.training
-    model.eval()
-    scorer.end2end = getattr(model, "end2end", False)
     found: dict[str, list[board.Detections]] = {}
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    for batch in loader:
-        img = batch["img"].to(device, non_blocking=True).float() / 255
-        with autocast:
-            preds = model(img)
-        for si, pred in enumerate(scorer.postprocess(preds)):
-            i = int(batch["index"][si])
-            boxes = board.to_board(pred["bboxes"], tuple(img.shape[2:]), tuple(batch["ori_shape"][si]),
-                                   batch["ratio_pad"][si], tiles.window(i))
-            dets = {"bboxes": boxes.cpu(), "conf": pred["conf"].float().cpu(), "cls": pred["cls"].float().cpu()}
-            f = tiles.im_files[i]
-            found.setdefault(f, []).append(board.keep_whole(dets, tiles.window(i), board_hw[f], overlap_px))
-    model.train(was_training)
+    for batch, hw, si, pred in _predictions(model, loader, scorer, device, amp_dtype):
+        i, f = int(batch["index"][si]), tiles.im_files[int(batch["index"][si])]
+        boxes = board.to_board(pred["bboxes"], hw, tuple(batch["ori_shape"][si]), batch["ratio_pad"][si],
+                               tiles.window(i))
+        dets = {"bboxes": boxes.cpu(), "conf": pred["conf"].float().cpu(), "cls": pred["cls"].float().cpu()}
+        found.setdefault(f, []).append(board.keep_whole(dets, tiles.window(i), board_hw[f], overlap_px))
     gathered = dist.gather_objects(found)
     if gathered is None:
         return None
