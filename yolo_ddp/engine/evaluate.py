@@ -139,7 +139,7 @@ def _append(stats: dict[str, list], scorer: DetectionValidator, pred: dict, targ
 
 def board_targets(boards: DatasetIndex, j: int) -> dict[str, torch.Tensor]:
     """Board j's labels in its own pixels."""
-    rows = torch.as_tensor(np.asarray(boards.labels_for(j), np.float32))
+    rows = torch.from_numpy(np.array(boards.labels_for(j), np.float32))
     h, w = (int(v) for v in boards.shapes[j])
     boxes = ops.xywh2xyxy(rows[:, 1:]) * torch.tensor([w, h, w, h], dtype=torch.float32)
     return {"cls": rows[:, 0], "bboxes": boxes.reshape(-1, 4)}
@@ -160,20 +160,23 @@ def evaluate_boards(model: torch.nn.Module, loader, tiles: DatasetIndex, boards:
                     overlap_px: int) -> EvalResult | None:
     """data.tile: mAP per board from its windows' detections (rank 0; None elsewhere)."""
     board_hw = {f: (int(h), int(w)) for f, (h, w) in zip(boards.im_files, boards.shapes, strict=True)}
-    found: dict[str, list[board.Detections]] = {}
+    found: dict[str, list[tuple[int, board.Detections]]] = {}  # board -> (window sample, its detections)
     for batch, hw, si, pred in _predictions(model, loader, scorer, device, amp_dtype):
         i, f = int(batch["index"][si]), tiles.im_files[int(batch["index"][si])]
         boxes = board.to_board(pred["bboxes"], hw, tuple(batch["ori_shape"][si]), batch["ratio_pad"][si],
                                tiles.window(i))
         dets = {"bboxes": boxes.cpu(), "conf": pred["conf"].float().cpu(), "cls": pred["cls"].float().cpu()}
-        found.setdefault(f, []).append(board.keep_whole(dets, tiles.window(i), board_hw[f], overlap_px))
+        found.setdefault(f, []).append((i, board.keep_whole(dets, tiles.window(i), board_hw[f], overlap_px)))
     gathered = dist.gather_objects(found)
     if gathered is None:
         return None
-    merged: dict[str, list[board.Detections]] = {}
+    merged: dict[str, list[tuple[int, board.Detections]]] = {}
     for part in gathered:
         for f, dets in part.items():
             merged.setdefault(f, []).extend(dets)
+    # In window order, whichever rank predicted which: NMS keeps the first of equally confident boxes, so the
+    # merge (and the score) is the same for every world size.
+    merged = {f: [d for _, d in sorted(parts, key=lambda p: p[0])] for f, parts in merged.items()}
     return score_boards(merged, boards, scorer, scorer.args.iou)
 
 
