@@ -6,7 +6,8 @@
 #   nccl        a 1-rank torchrun NCCL group (device-bound) and one all-reduce (bench/nccl_check.py)
 #   amp         one short training run each in bf16 and fp16 AMP through torchrun (NCCL, GradScaler for fp16)
 #   memory      memory planner estimate vs torch.cuda.max_memory_allocated (bench/memory_vs_peak.py)
-#   throughput  our trainer vs Ultralytics img/s, yolov8n at 640, batch 64, bf16, torch DataLoader backend
+#   throughput  our trainer vs Ultralytics img/s, yolov8n at 640, batch 64, bf16, torch DataLoader backend; ours
+#               with and without data.cache=ram (the node-shared image store: the loader without decodes)
 #   syncbn      BN across ranks: tests/test_sync_bn.py (ours == torch's SyncBatchNorm on the GPU, outputs and
 #               gradients) and bench/sync_bn.py (step time of per-rank BN, ours, torch's; 8 images per rank at
 #               640, 2 ranks on the one GPU over gloo): the numbers behind train.sync_bn_below (docs/scaling.md)
@@ -149,9 +150,10 @@ for s in "${STAGES[@]}"; do
     amp) stage amp 150 bash "$0" __amp ;;
     memory) stage memory 90 "$PY" bench/memory_vs_peak.py --models "$MODELS" --imgsz "$IMGSZ" \
       --batches "$((BATCH / 4)),$((BATCH / 2))" --amps "$AMPS" --out "$OUT/memory_vs_peak.csv" ;;
-    throughput) PICK="ultralytics per round" stage throughput 170 "$PY" bench/train_throughput.py --device "$DEV" --model yolov8n.yaml \
+    throughput) PICK="ultralytics per round" stage throughput 220 "$PY" bench/train_throughput.py --device "$DEV" --model yolov8n.yaml \
       --imgsz "$IMGSZ" --batch "$BATCH" --epochs 3 --amp "$([ "$SMOKE" = 1 ] && echo off || echo bf16)" \
-      --workers "$WORKERS" --n-train "$NTRAIN" --pairs 1 --backend torch ;;
+      --workers "$WORKERS" --n-train "$NTRAIN" --pairs 1 --backend torch --variant default= \
+      --variant cache=data.cache=ram ;;
     syncbn) PICK="^(collective|torch) " stage syncbn 60 bash "$0" __syncbn ;;
     dali) stage dali 90 bash "$0" __dali ;;
   esac
