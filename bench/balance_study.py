@@ -38,6 +38,7 @@ from parity import (
     REPO,
     RunFailed,
     _run_logged,
+    add_study_args,
     load_result,
     md_table,
     mean_std,
@@ -88,22 +89,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-val", type=int, default=320)
     p.add_argument("--shares", default=",".join(map(str, DEFAULT_SHARES)),
                    help=f"class shares, in the order {', '.join(CLASS_NAMES)}")
-    p.add_argument("--model", default="yolov8n.yaml")
-    p.add_argument("--imgsz", type=int, default=256, help="also the drawn images' size")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--optimizer", default="AdamW")
-    p.add_argument("--lr0", type=float, default=0.002)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--mosaic", type=float, default=0.0, help="0: the CPU profile's choice for short runs")
-    p.add_argument("--close-mosaic", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--val-every", type=int, default=1, help="validate (and pick best.pt) every N epochs")
-    p.add_argument("--extra", default="", help="more Hydra overrides for every run")
-    p.add_argument("--code", type=Path, default=REPO,
-                   help="the checkout whose `python -m launcher` trains (default: this one), e.g. a git archive "
-                        "snapshot, to keep a long study off a tree that is being edited")
-    p.add_argument("--fresh", action="store_true", help="rerun finished runs too")
+    add_study_args(p, epochs=15, imgsz=256, val_every=1, imgsz_help="also the drawn images' size")
     a = p.parse_args()
     a.seeds = [int(s) for s in a.seeds.split(",")]
     a.samplers = a.samplers.split(",")

@@ -19,20 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
-from make_small_objects import CLASS_NAMES, OUT, H, W, render
+from make_small_objects import CLASS_NAMES, OUT, H, W, build_once, render
 from make_small_objects import VERSION as RENDER_VERSION
 
 VERSION = 1  # bump when the composition changes, so complete builds are rebuilt
-MARKER = ".complete"
-OWN_ENTRIES = frozenset({"images", "labels", "data.yaml", MARKER})
 STREAMS = {"train": 0, "val": 1}
 
 
@@ -69,34 +63,14 @@ def _marker(n_train: int, n_val: int, seed: int, cols: int, rows: int) -> str:
                        "seed": seed, "grid": [cols, rows]}, sort_keys=True)
 
 
-def _complete(root: Path, marker: str) -> bool:
-    try:
-        return (root / MARKER).read_text() == marker
-    except OSError:
-        return False
-
-
 def make(root: Path, n_train: int = 64, n_val: int = 24, seed: int = 0, cols: int = 3, rows: int = 3) -> Path:
     """Build the set under `root` (unless a complete build with these parameters is there); its data.yaml."""
-    root = Path(root).resolve()
-    marker = _marker(n_train, n_val, seed, cols, rows)
-    if _complete(root, marker):
-        return root / "data.yaml"
-    if root.exists() and (foreign := sorted({p.name for p in root.iterdir()} - OWN_ENTRIES)):
-        raise FileExistsError(f"{root} holds entries this generator did not write {foreign}; not replacing it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         _write_split(tmp, "train", n_train, seed, cols, rows)
         _write_split(tmp, "val", n_val, seed, cols, rows)
-        data = {"path": str(root), "train": "images/train", "val": "images/val", "names": dict(enumerate(CLASS_NAMES))}
-        (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-        (tmp / MARKER).write_text(marker)  # last: an interrupted build never looks complete
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root / "data.yaml"
+
+    return build_once(Path(root).resolve(), _marker(n_train, n_val, seed, cols, rows), write)
 
 
 def default_root(n_train: int, n_val: int, seed: int, cols: int = 3, rows: int = 3) -> Path:

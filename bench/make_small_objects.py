@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,10 +296,9 @@ def _complete(root: Path, marker: str) -> bool:
         return False
 
 
-def make(root: Path, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path:
-    """Build the set under `root` (unless a complete build with these parameters is there); its data.yaml."""
-    root = Path(root).resolve()
-    marker = json.dumps({"version": VERSION, "n_train": n_train, "n_val": n_val, "seed": seed}, sort_keys=True)
+def build_once(root: Path, marker: str, write_splits: Callable[[Path], None]) -> Path:
+    """A generated set under `root` unless a complete build with `marker` is there: `write_splits(tmp)` fills
+    images/ and labels/ of a temp dir, which gets data.yaml and the marker last and is renamed into place."""
     if _complete(root, marker):
         return root / "data.yaml"
     if root.exists() and (foreign := sorted({p.name for p in root.iterdir()} - OWN_ENTRIES)):
@@ -306,8 +306,7 @@ def make(root: Path, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
-        _write_split(tmp, "train", n_train, seed, 0)
-        _write_split(tmp, "val", n_val, seed, 1)
+        write_splits(tmp)
         data = {"path": str(root), "train": "images/train", "val": "images/val", "names": dict(enumerate(CLASS_NAMES))}
         (tmp / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         (tmp / MARKER).write_text(marker)  # last: an interrupted build never looks complete
@@ -316,6 +315,18 @@ def make(root: Path, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root / "data.yaml"
+
+
+def make(root: Path, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path:
+    """Build the set under `root` (unless a complete build with these parameters is there); its data.yaml."""
+    root = Path(root).resolve()
+    marker = json.dumps({"version": VERSION, "n_train": n_train, "n_val": n_val, "seed": seed}, sort_keys=True)
+
+    def write(tmp: Path) -> None:
+        _write_split(tmp, "train", n_train, seed, 0)
+        _write_split(tmp, "val", n_val, seed, 1)
+
+    return build_once(root, marker, write)
 
 
 def preview(root: Path, n: int, out: Path) -> list[Path]:

@@ -155,6 +155,26 @@ def first_reaching(curve: list[float], ends: list[float] | None, target: float) 
     return None if epoch is None or ends is None else ends[epoch]
 
 
+def add_study_args(p: argparse.ArgumentParser, epochs: int, imgsz: int, val_every: int, imgsz_help: str) -> None:
+    """The recipe and run options the seed studies (balance_study.py, tile_study.py) share."""
+    p.add_argument("--model", default="yolov8n.yaml")
+    p.add_argument("--imgsz", type=int, default=imgsz, help=imgsz_help)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--optimizer", default="AdamW")
+    p.add_argument("--lr0", type=float, default=0.002)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--mosaic", type=float, default=0.0, help="0: the CPU profile's choice for short runs")
+    p.add_argument("--close-mosaic", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--val-every", type=int, default=val_every, help="validate (and pick best.pt) every N epochs")
+    p.add_argument("--extra", default="", help="more Hydra overrides for every run")
+    p.add_argument("--code", type=Path, default=REPO,
+                   help="the checkout whose `python -m launcher` trains (default: this one), e.g. a git archive "
+                        "snapshot, to keep a long study off a tree that is being edited")
+    p.add_argument("--fresh", action="store_true", help="rerun finished runs too")
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="small_objects", help="synthetic, small_objects or path/to/data.yaml")

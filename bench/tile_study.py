@@ -48,7 +48,18 @@ from pathlib import Path
 
 from make_big_boards import default_root, describe, make, parse_grid
 from make_small_objects import H, W
-from parity import OUT, REPO, RunFailed, _run_logged, load_result, md_table, mean_std, our_overrides, yolo_val
+from parity import (
+    OUT,
+    REPO,
+    RunFailed,
+    _run_logged,
+    add_study_args,
+    load_result,
+    md_table,
+    mean_std,
+    our_overrides,
+    yolo_val,
+)
 
 STUDY = OUT / "tiles"
 MODES = ("full", "tiled", "full_long")
@@ -83,22 +94,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--grid", default="3x3", help="renders per board, COLSxROWS of 320x240 (3x3: 960x720)")
     p.add_argument("--tile", type=int, default=320, help="data.tile of the tiled mode (source px)")
     p.add_argument("--tile-overlap", type=float, default=0.2)
-    p.add_argument("--model", default="yolov8n.yaml")
-    p.add_argument("--imgsz", type=int, default=320, help="both modes")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--optimizer", default="AdamW")
-    p.add_argument("--lr0", type=float, default=0.002)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--mosaic", type=float, default=0.0, help="0: the CPU profile's choice for short runs")
-    p.add_argument("--close-mosaic", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--val-every", type=int, default=3, help="validate (and pick best.pt) every N epochs and the last")
-    p.add_argument("--extra", default="", help="more Hydra overrides for every run")
-    p.add_argument("--code", type=Path, default=REPO,
-                   help="the checkout whose `python -m launcher` trains (default: this one), e.g. a git archive "
-                        "snapshot, to keep a long study off a tree that is being edited")
-    p.add_argument("--fresh", action="store_true", help="rerun finished runs too")
+    add_study_args(p, epochs=12, imgsz=320, val_every=3, imgsz_help="both modes")
     p.add_argument("--native-val", action="store_true",
                    help="also score each tiled best.pt with Ultralytics' own validator on whole boards at "
                         "imgsz = the board's long side (full size, as the tiles see it): a check on the per-board score")
