@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip uninstall -q -y $(OTHER_DALI) 2>/dev/null || true
-	$(PY) -m pip install -q -e '.[dev,cuda$(CUDA)]'
+	$(PY) -m pip install -q -e '.[dev,wandb,cuda$(CUDA)]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.test_dashboard import build, plotted
 from tests.test_e2e import run
 from tests.test_wandb import FAKE_KEY, assert_no_key
 from tests.wandb_records import offline_runs, read_run
+from yolo_ddp.logging import dashboard
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +25,17 @@ def summary(out: Path) -> tuple[Path, list[dict[str, str]]]:
         return path.parent, list(csv.DictReader(f))
 
 
+def swept_by(job_dirs: list[Path]) -> list[str]:
+    """Config keys whose values differ between the jobs, read from each job's .hydra/overrides.yaml."""
+    values = [dict(o.split("=", 1) for o in yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()))
+              for d in job_dirs]
+    return [k for k in values[0] if len({v.get(k) for v in values}) > 1]
+
+
 def test_2x1_multirun_writes_summary_and_groups_wandb_runs(tmp_path):
     proc = run([sys.executable, "-m", "launcher", "-m", "launcher.nproc_per_node=2", "train.epochs=1", "train.batch=4,8", "data.imgsz=96",
-                "logger=wandb", "logger.mode=offline"], tmp_path, timeout=600, extra_env={"WANDB_API_KEY": FAKE_KEY})
+                "logger=wandb", "logger.mode=offline", "logger.dashboard=true"], tmp_path, timeout=600,
+               extra_env={"WANDB_API_KEY": FAKE_KEY})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep_dir, rows = summary(tmp_path / "out")
     assert [(r["job"], r["name"], r["status"]) for r in rows] == [("0", "batch=4", "COMPLETED"),
@@ -41,6 +52,18 @@ def test_2x1_multirun_writes_summary_and_groups_wandb_runs(tmp_path):
     assert len({r.run_id for r in runs}) == 2
     assert (sweep_dir / "0" / "resolved_config.yaml").exists()  # the config the workers read, checked for the key
     assert_no_key(sweep_dir, proc.stdout, proc.stderr)
+
+    # logger.dashboard=true offline: the sweep dir holds the view, whose sweep axes are what the sweep varied,
+    # and the report it would create; each job's run dir has the job's view (the same axes).
+    spec = dashboard.read_spec(sweep_dir / dashboard.SPEC_FILE)
+    axes = plotted(build(spec)).config
+    assert axes == swept_by([sweep_dir / "0", sweep_dir / "1"]) == ["train.batch"]
+    assert all(dashboard.read_spec(sweep_dir / j / dashboard.SPEC_FILE)["swept"] == axes for j in "01")
+    report = spec["report"]
+    assert report["group"] == runs[0].group and [r[1] for r in report["rows"]] == ["batch=4", "batch=8"]
+    best = max(rows, key=lambda r: float(r["best_mAP50-95"]))
+    assert report["best"]["run_id"] == (Path(best["run_dir"]) / "wandb_run_id.txt").read_text()
+    assert proc.stdout.count(f"and the report '{report['title']}'") == 1
 
 
 def test_failed_sweep_job_is_a_row(tmp_path):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from tests.test_dashboard import build, plotted
 from tests.test_e2e import run, torchrun
-from tests.wandb_records import offline_runs, read_run
+from tests.wandb_records import OfflineRun, offline_runs, read_run
+from yolo_ddp.logging import dashboard
 from yolo_ddp.plan import RunPlan
 
 pytestmark = pytest.mark.slow
@@ -36,9 +39,31 @@ def assert_no_key(run_dir: Path, *texts: str) -> None:
     assert all(FAKE_KEY not in t for t in texts), "API key printed"
 
 
+def flat(config: dict, prefix: str = "") -> set[str]:
+    """The run config's keys as W&B's columns name them (train.batch)."""
+    out = set()
+    for k, v in config.items():
+        out |= flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return out
+
+
+def assert_view_keys_were_logged(spec: dict, wb: OfflineRun) -> None:
+    """Every key the built view plots is one this run logged: history, summary or config, read from its file."""
+    seen = plotted(build(spec))
+    history = wb.keys()
+    logged = history | {k.rsplit("/", 1)[0] for k in history if k.endswith("/_type")}  # tables, images
+    assert seen.history and not seen.history - logged, sorted(seen.history - logged)
+    assert not seen.summary - (logged | set(wb.summary)), sorted(seen.summary - logged - set(wb.summary))
+    assert not set(seen.config) - flat(wb.config), sorted(set(seen.config) - flat(wb.config))
+    for regex in seen.regexes:
+        assert any(re.fullmatch(regex, k) for k in logged), f"{regex} matches no logged key"
+    memory = {k for r in seen.regexes for k in logged if re.fullmatch(r, k) and k.startswith("mem/")}
+    assert memory == {"mem/rank0/peak_mem_gib", "mem/rank1/peak_mem_gib", "mem/plan_need_gib"}
+
+
 def test_two_rank_job_logs_one_offline_run_and_resumes_it(tmp_path):
     env = {"WANDB_API_KEY": FAKE_KEY}
-    proc = run(torchrun("train.epochs=2", *WANDB), tmp_path, extra_env=env)
+    proc = run(torchrun("train.epochs=2", "logger.dashboard=true", *WANDB), tmp_path, extra_env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [run_dir] = [p.parent for p in (tmp_path / "out").rglob("metrics.csv")]
     [path] = offline_runs(run_dir)  # one run for the job: not one per rank, none from Ultralytics' callback
@@ -83,6 +108,13 @@ def test_two_rank_job_logs_one_offline_run_and_resumes_it(tmp_path):
     assert wb.summary["best/mAP50-95"] == pytest.approx(max(float(m["mAP50-95"]) for m in metrics), abs=1e-6)
     assert (run_dir / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert_no_key(run_dir, proc.stdout, proc.stderr)
+
+    # logger.dashboard=true offline: the job wrote the view's spec into its run dir and said so once.
+    assert proc.stdout.count("W&B dashboard: nothing created (W&B offline: logger.mode=offline)") == 1
+    spec = dashboard.read_spec(run_dir / dashboard.SPEC_FILE)
+    assert spec["swept"] == list(dashboard.DEFAULT_AXES)  # not a multirun: the default axes
+    assert_view_keys_were_logged(spec, wb)
+    assert wb.series("mem/plan_need_gib")[0] == json.loads((run_dir / "memory_plan.json").read_text())["need_GiB"]
 
     again = run(torchrun("train.epochs=3", "train.resume=true", f"hydra.run.dir={run_dir}", *WANDB), tmp_path,
                 extra_env=env)

@@ -85,6 +85,8 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("yolo_ddp_sweep_group"):  # W&B group and run name (conf/logger/wandb.yaml)
         OmegaConf.register_new_resolver("yolo_ddp_sweep_group", sweep_group)
         OmegaConf.register_new_resolver("yolo_ddp_job_name", job_name)
+    if not OmegaConf.has_resolver("yolo_ddp_sweep_keys"):  # the dashboard's sweep axes (conf/logger/wandb.yaml)
+        OmegaConf.register_new_resolver("yolo_ddp_sweep_keys", lambda: sweep_keys() if _multirun() else [])
 
 
 SWEEP_ARGV_ENV = "YOLO_DDP_SWEEP_ARGV"
@@ -108,7 +110,12 @@ def _multirun() -> bool:
 
 
 def sweep_group() -> str:
-    return f"sweep-{run_id().replace('/', '_')}" if _multirun() else ""
+    return sweep_group_name() if _multirun() else ""
+
+
+def sweep_group_name() -> str:
+    """The W&B group of this sweep's jobs: the sweep id (the sweep dir's name)."""
+    return f"sweep-{run_id().replace('/', '_')}"
 
 
 def swept_keys(argv: list[str]) -> list[str]:

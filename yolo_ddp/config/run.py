@@ -46,6 +46,11 @@ class LoggerConfig:
     log_model: bool = False  # upload last.pt/best.pt as a W&B model artifact when the run ends
     val_images: int = 4  # validation images with predicted and true boxes logged per validated epoch
     plots: bool = True  # `yolo train plots`: false writes no results.png and logs no validation images
+    # Create or update the project's saved W&B view "yolo-ddp" when the job (or sweep) ends, on rank 0; without a
+    # key it writes dashboard.json instead (README "The team's W&B dashboard"; `python -m launcher.dashboard`).
+    dashboard: bool = False
+    # What the running multirun sweeps (filled in by the launcher): the dashboard's parallel-coordinates axes.
+    sweep_keys: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check(self.name in LOGGERS, "logger", f"got '{self.name}'; choose one of {LOGGERS} (logger=wandb).")

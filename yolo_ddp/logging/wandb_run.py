@@ -79,6 +79,7 @@ class WandbRun:
 
         self.wandb, self.cfg, self.run_dir = wandb, cfg, run_dir
         mode, why = resolve_mode(cfg.mode)
+        self.mode, self.why = mode, why
         id_file = run_dir / RUN_ID_FILE
         run_id = id_file.read_text().strip() if id_file.exists() else new_run_id()
         self.run = wandb.init(

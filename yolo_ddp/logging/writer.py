@@ -3,9 +3,10 @@
 So the loop and `train()` never ask which rank they are. Collectives (loss means, per-rank stats, device
 names) happen in the callers on every rank; the writer only receives their results.
 
-RunWriter keys, shared by steps.csv / metrics.csv and W&B (W&B prefixes them train/, perf/, mem/, val/, epoch/):
-per step `box_loss cls_loss dfl_loss lr amp_scale epoch`, `img_per_s` (sum over ranks), `data_wait_ms` and
-`step_ms` (slowest rank), `peak_mem_gib` (largest rank), and `rank{r}_*` for each rank.
+RunWriter keys, shared by steps.csv / metrics.csv and W&B (W&B prefixes them train/, perf/, mem/, val/, epoch/:
+yolo_ddp.logging.keys): per step `box_loss cls_loss dfl_loss lr amp_scale epoch`, `img_per_s` (sum over ranks),
+`data_wait_ms` and `step_ms` (slowest rank), `peak_mem_gib` (largest rank), `plan_need_gib` (the memory planner's
+need per rank), and `rank{r}_*` for each rank.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from yolo_ddp.logging import files
+from yolo_ddp.logging import dashboard, files, keys
+from yolo_ddp.logging.keys import PER_RANK, epoch_key, step_key
 from yolo_ddp.logging.preview import ValPreview
 from yolo_ddp.logging.wandb_run import WandbRun, wandb_importable
 
@@ -27,7 +29,6 @@ log = logging.getLogger("yolo_ddp")
 # No monitor thread (suspected): a validation worker forked at the first validation once hung at birth on rank 0,
 # the only rank with a progress bar and so with tqdm's monitor thread, which takes tqdm's lock every 10 s.
 tqdm.monitor_interval = 0
-PER_RANK = ("img_per_s", "data_wait_ms", "step_ms", "peak_mem_gib")
 
 
 class NullWriter:
@@ -66,13 +67,15 @@ class RunWriter(NullWriter):
     STEPS_FILE = "steps.csv"
     RESULTS_PLOT = "results.png"
 
-    def __init__(self, run_dir: Path, wandb_run: WandbRun | None = None, plots: bool = True):
+    def __init__(self, run_dir: Path, wandb_run: WandbRun | None = None, plots: bool = True, logger: Any = None):
         self.run_dir = run_dir
+        self.logger = logger  # the LoggerConfig: logger.dashboard publishes the W&B view at close()
         self.plots = plots  # logger.plots (`yolo train plots`): results.png and W&B validation images
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.wandb = wandb_run
         self.preview: ValPreview | None = None
         self.step = 0
+        self.plan_need_gib: float | None = None
 
     def progress(self, iterable: Iterable, total: int, desc: str) -> Iterator:
         return tqdm(iterable, total=total, desc=desc, file=sys.stdout, dynamic_ncols=True, leave=True,
@@ -91,6 +94,7 @@ class RunWriter(NullWriter):
 
     def run_info(self, info: dict[str, Any]) -> None:
         self.write_text("run_info.json", json.dumps(info, indent=2, default=str))
+        self.plan_need_gib = (info.get("memory_plan") or {}).get("need_GiB")
         if self.wandb:
             self.wandb.run_info(info)
 
@@ -104,12 +108,14 @@ class RunWriter(NullWriter):
             row.update(img_per_s=sum(r["img_per_s"] for r in ranks),
                        data_wait_ms=max(r["data_wait_ms"] for r in ranks),
                        step_ms=max(r["step_ms"] for r in ranks), peak_mem_gib=max(r["peak_mem_gib"] for r in ranks))
+        if self.plan_need_gib is not None:
+            row[keys.PLAN_NEED] = self.plan_need_gib
         for r, stats in enumerate(ranks):
             row.update({f"rank{r}_{k}": stats[k] for k in PER_RANK})
         files.append_row(self.run_dir / self.STEPS_FILE, row)
         self.step = step
         if self.wandb:
-            self.wandb.log(step, {_wandb_step_key(k): v for k, v in row.items() if k != "step"})
+            self.wandb.log(step, {step_key(k): v for k, v in row.items() if k != "step"})
 
     def epoch_row(self, row: dict[str, Any], per_class_ap: dict[str, float] | None = None, model: Any = None) -> None:
         """One row per epoch in metrics.csv and results.png; mAP, per-class AP and val images to W&B."""
@@ -119,11 +125,11 @@ class RunWriter(NullWriter):
         if not self.wandb:
             return
         self.step = int(row.get("step", self.step))
-        values = {_wandb_epoch_key(k): v for k, v in row.items() if v != "" and k != "step"}
+        values = {epoch_key(k): v for k, v in row.items() if v != "" and k != "step"}
         if per_class_ap is not None:
-            values["val/per_class_ap"] = self.wandb.table(["class", "AP50-95"], [[c, ap] for c, ap in per_class_ap.items()])
+            values[keys.PER_CLASS_AP] = self.wandb.table(["class", "AP50-95"], [[c, ap] for c, ap in per_class_ap.items()])
             if self.plots and self.preview is not None and model is not None and self.preview.n:
-                values["val/predictions"] = [self.wandb.image(px, boxes, f"val image {i}")
+                values[keys.PREDICTIONS] = [self.wandb.image(px, boxes, f"val image {i}")
                                              for i, (px, boxes) in enumerate(self.preview.predict(model))]
         self.wandb.log(self.step, values)
 
@@ -131,30 +137,30 @@ class RunWriter(NullWriter):
         if self.wandb:
             self._summarise()
             self.wandb.finish()
+        if getattr(self.logger, "dashboard", False):
+            self._publish_dashboard()
+
+    def _publish_dashboard(self) -> None:
+        """The project's saved view, or dashboard.json in the run dir without a key; a failure only warns."""
+        entity, project = self.logger.entity, self.logger.project
+        if self.wandb and self.wandb.mode == "online":
+            entity, project = self.wandb.run.entity, self.wandb.run.project
+        spec = dashboard.view_spec(entity, project, self.logger.sweep_keys or dashboard.DEFAULT_AXES)
+        online, why = dashboard.connection(self.logger)
+        try:
+            log.info(dashboard.publish(spec, self.run_dir, online, why))
+        except dashboard.DashboardError as e:
+            log.warning(str(e))
+            log.info(dashboard.publish(spec, self.run_dir, False, "saving to W&B failed"))
 
     def _summarise(self) -> None:
         rows = files.read_rows(self.run_dir / self.METRICS_FILE)
         _, maps = files.floats(rows, "mAP50-95")
         _, speed = files.floats(rows, "img_per_s")
         _, mem = files.floats(rows, "peak_mem_gib")
-        self.wandb.summary({k: v for k, v in {"best/mAP50-95": max(maps, default=None),
-                                              "best/img_per_s": max(speed, default=None),
-                                              "peak_mem_gib": max(mem, default=None)}.items() if v is not None})
-
-
-def _wandb_step_key(key: str) -> str:
-    if key.startswith("rank"):
-        rank, name = key.split("_", 1)
-        return f"{'mem' if name == 'peak_mem_gib' else 'perf'}/{rank}/{name}"
-    if key in PER_RANK:
-        return f"{'mem' if key == 'peak_mem_gib' else 'perf'}/{key}"
-    return f"train/{key}"
-
-
-def _wandb_epoch_key(key: str) -> str:
-    if key == "epoch":
-        return "epoch"
-    return f"val/{key}" if key.startswith("mAP") else f"epoch/{key}"
+        self.wandb.summary({k: v for k, v in {keys.BEST_MAP: max(maps, default=None),
+                                              keys.BEST_IMG_PER_S: max(speed, default=None),
+                                              keys.PEAK_MEM: max(mem, default=None)}.items() if v is not None})
 
 
 def make_writer(rank: int, run_dir: Path, logger: Any = None, config: dict[str, Any] | None = None) -> NullWriter:
@@ -172,7 +178,7 @@ def make_writer(rank: int, run_dir: Path, logger: Any = None, config: dict[str, 
         name = "wandb" if wandb_importable() else "csv"
     plots = bool(getattr(logger, "plots", True))
     if name != "wandb":
-        return RunWriter(run_dir, plots=plots)
+        return RunWriter(run_dir, plots=plots, logger=logger)
     config = config or {}
     default_name = f"{config.get('name', 'run')}-{run_dir.parent.name}-{run_dir.name}"
-    return RunWriter(run_dir, WandbRun(run_dir, logger, config, default_name), plots=plots)
+    return RunWriter(run_dir, WandbRun(run_dir, logger, config, default_name), plots=plots, logger=logger)
