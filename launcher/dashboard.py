@@ -5,7 +5,8 @@ updates it in place. The overrides are the launcher's (the same conf/ and schema
 sets the sweep panel's axes, else `train.batch`, `data.imgsz` and the keys of an Optuna search space given
 with `hydra/sweeper=optuna`. Without an API key (or offline, or without wandb-workspaces) nothing is created:
 it says what it would create and writes dashboard.json into the working directory, exit 0.
-`--spec PATH` applies such a file (or one a job or sweep wrote with logger.dashboard=true).
+`--spec PATH` applies such a file (or one a job or sweep wrote with logger.dashboard=true). `--picture DIR`
+also draws the view from the runs under DIR (a run dir, a sweep dir, outputs/) as dashboard.png, locally.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m launcher.dashboard", description=__doc__.splitlines()[0],
                                 epilog="Other arguments are config overrides, e.g. logger.entity=TEAM logger.project=P.")
     p.add_argument("--spec", type=Path, help=f"apply this {dashboard.SPEC_FILE} instead of building the view")
+    p.add_argument("--picture", type=Path, metavar="DIR",
+                   help="also draw the view from the runs under DIR as dashboard.png (next to the spec)")
     return p.parse_known_args(argv)
 
 
@@ -73,7 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     except dashboard.DashboardError as e:
         sys.stderr.write(f"error: {e}\n")
         return 1
+    if args.picture is not None:
+        print(exit_on_user_error(lambda: draw_picture(spec, args.picture, out_dir)), flush=True)
     return 0
+
+
+def draw_picture(spec: dict, root: Path, out_dir: Path) -> str:
+    from yolo_ddp.logging.dashboard import picture
+
+    runs = picture.find_runs(root)
+    if not runs:
+        raise FileNotFoundError(f"--picture {root}: no run dirs there (none has a metrics.csv); pass a run dir, a "
+                                f"sweep dir or outputs/.")
+    path = picture.draw(spec, runs, out_dir / picture.PICTURE_FILE)
+    return f"Picture of the view with the {len(runs)} run(s) under {root}: {path}"
 
 
 if __name__ == "__main__":

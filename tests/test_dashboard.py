@@ -63,7 +63,7 @@ def plotted(workspace) -> Plotted:
 
 
 def build(spec: dict):
-    from yolo_ddp.logging.wandb_view import build_workspace
+    from yolo_ddp.logging.dashboard.wandb_view import build_workspace
 
     return build_workspace(spec, "ci-entity")
 
@@ -92,7 +92,7 @@ def test_spec_round_trips_and_bad_specs_name_the_file(tmp_path):
 
 def test_sweep_report_builds_offline(tmp_path):
     """The report object builds from a report spec without W&B (saving it is the online test's job)."""
-    from yolo_ddp.logging.wandb_view import build_report
+    from yolo_ddp.logging.dashboard.wandb_view import build_report
 
     run_dir = tmp_path / "0"
     run_dir.mkdir()
@@ -173,7 +173,7 @@ def test_launcher_needs_neither_wandb_nor_wandb_workspaces(tmp_path):
 def test_online_view_is_saved_updated_in_place_and_loads_back_by_url(tmp_path):
     import wandb_workspaces.workspaces as ws
 
-    from yolo_ddp.logging import wandb_view
+    from yolo_ddp.logging.dashboard import wandb_view
 
     project = os.environ.get("YOLO_DDP_TEST_PROJECT", "yolo-ddp-ci")
     spec = dashboard.view_spec(os.environ.get("WANDB_ENTITY", ""), project, ["train.batch"])
@@ -190,7 +190,8 @@ def test_online_view_is_saved_updated_in_place_and_loads_back_by_url(tmp_path):
 
 def test_a_refused_save_is_one_paragraph_and_a_job_falls_back_to_the_spec(monkeypatch, tmp_path):
     from yolo_ddp.config.run import LoggerConfig
-    from yolo_ddp.logging import RunWriter, wandb_view
+    from yolo_ddp.logging import RunWriter
+    from yolo_ddp.logging.dashboard import wandb_view
 
     def refuse(spec):
         raise RuntimeError("permission denied for project pcb")
@@ -201,3 +202,14 @@ def test_a_refused_save_is_one_paragraph_and_a_job_falls_back_to_the_spec(monkey
     monkeypatch.setattr(dashboard, "connection", lambda logger: (True, "W&B online"))
     RunWriter(tmp_path / "run", logger=LoggerConfig(name="wandb", dashboard=True, entity="acme")).close()
     assert dashboard.read_spec(tmp_path / "run" / dashboard.SPEC_FILE)["entity"] == "acme"  # training's end is kept
+
+
+def test_standalone_axes_are_the_defaults_plus_an_optuna_search_space():
+    pytest.importorskip("optuna", reason="hydra/sweeper=optuna needs the Optuna sweeper")
+    from launcher.dashboard import load_config, sweep_axes
+
+    assert sweep_axes(load_config([])) == ["train.batch", "data.imgsz"]
+    axes = sweep_axes(load_config(["hydra/sweeper=optuna"]))
+    assert axes[:2] == ["train.batch", "data.imgsz"] and {"train.lr0", "data.mosaic", "model"} <= set(axes)
+    assert axes.count("data.imgsz") == 1  # in the search space too: one axis
+    assert sweep_axes(load_config(["logger.sweep_keys=[train.lr0]"])) == ["train.lr0"]

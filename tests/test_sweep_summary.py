@@ -65,6 +65,16 @@ def test_2x1_multirun_writes_summary_and_groups_wandb_runs(tmp_path):
     assert report["best"]["run_id"] == (Path(best["run_dir"]) / "wandb_run_id.txt").read_text()
     assert proc.stdout.count(f"and the report '{report['title']}'") == 1
 
+    # The local picture of the view reads the same keys from the run files.
+    from yolo_ddp.logging.dashboard import picture
+
+    local = [picture.load_run(d) for d in picture.find_runs(sweep_dir)]
+    assert [r.config["train.batch"] for r in local] == [4, 8] and [r.name for r in local] == ["batch=4", "batch=8"]
+    assert local[0].history["val/mAP50-95"][1] == pytest.approx([float(rows[0]["best_mAP50-95"])], abs=1e-5)
+    assert local[0].per_class_ap and "epoch/peak_mem_gib" in local[1].history
+    out = picture.draw(spec, picture.find_runs(sweep_dir), tmp_path / "dashboard.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
 
 def test_failed_sweep_job_is_a_row(tmp_path):
     proc = run([sys.executable, "-m", "launcher", "-m", "launcher.nproc_per_node=2", "train.epochs=1", "train.batch=7",

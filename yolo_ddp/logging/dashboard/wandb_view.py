@@ -1,4 +1,4 @@
-"""A dashboard spec (yolo_ddp.logging.dashboard) as wandb-workspaces objects, saved to W&B.
+"""A dashboard spec (yolo_ddp.logging.dashboard.spec) as wandb-workspaces objects, saved to W&B.
 
 The view is a `wandb_workspaces.workspaces.Workspace`; an existing view of the same name in the project is
 loaded by its URL and updated in place, so re-running keeps one view (and its URL). A sweep's report is a
@@ -17,7 +17,7 @@ import wandb
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
 from wandb_workspaces import expr
-from wandb_workspaces._graphql import execute_graphql
+from wandb_workspaces._graphql import execute_graphql, get_app_url
 
 SUMMARY_IMAGE = "sweep/summary"
 SUMMARY_TABLE = "sweep/summary_table"
@@ -72,7 +72,7 @@ def _view_url(entity: str, project: str, display_name: str) -> str | None:
     for edge in (project_node.get("allViews") or {}).get("edges", []):
         if edge["node"]["displayName"] == display_name:
             name = edge["node"]["name"].replace("nw-", "").replace("-v", "")
-            return f"{api.client.app_url.rstrip('/')}/{entity}/{project}?nw={name}"
+            return f"{get_app_url(api).rstrip('/')}/{entity}/{project}?nw={name}"
     return None
 
 

@@ -1,7 +1,7 @@
 """The team's W&B dashboard as data: the saved view "yolo-ddp" (and a sweep's report) described as a plain dict.
 
 `view_spec` says which keys each panel plots, using the names the writer logs under (yolo_ddp.logging.keys);
-`yolo_ddp.logging.wandb_view` turns the dict into wandb-workspaces objects and saves them. Without a key, or
+`yolo_ddp.logging.dashboard.wandb_view` turns the dict into wandb-workspaces objects and saves them. Without a key, or
 without wandb-workspaces, nothing is created: `publish` writes the dict as dashboard.json, which
 `python -m launcher.dashboard --spec dashboard.json` applies later. This module needs neither wandb nor
 wandb-workspaces.
@@ -155,7 +155,7 @@ def publish(spec: dict[str, Any], out_dir: Path, online: bool, why: str) -> str:
     """
     if online:
         try:
-            from yolo_ddp.logging import wandb_view
+            from yolo_ddp.logging.dashboard import wandb_view
         except ImportError as e:
             why = f"{e.name or 'wandb-workspaces'} is not installed: pip install -e '.[wandb]'"
         else:
