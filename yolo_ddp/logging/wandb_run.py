@@ -90,6 +90,9 @@ class WandbRun:
             settings=wandb.Settings(silent=True, console="off"),
         )
         id_file.write_text(run_id)
+        # Where the run went (online, the key's default entity fills an empty logger.entity), read while it is live.
+        self.entity, self.project = (self.run.entity or cfg.entity, self.run.project or cfg.project) \
+            if mode == "online" else (cfg.entity, cfg.project)
         where = f"{self.run.dir.rsplit('/files', 1)[0]}" if mode == "offline" else getattr(self.run, "url", "")
         log.info(f"W&B run {run_id} ({mode}: {why}) -> {where}"
                  + (f"; upload later with `wandb sync {where}`" if mode == "offline" else ""))

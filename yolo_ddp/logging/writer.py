@@ -142,9 +142,8 @@ class RunWriter(NullWriter):
 
     def _publish_dashboard(self) -> None:
         """The project's saved view, or dashboard.json in the run dir without a key; a failure only warns."""
-        entity, project = self.logger.entity, self.logger.project
-        if self.wandb and self.wandb.mode == "online":
-            entity, project = self.wandb.run.entity, self.wandb.run.project
+        entity, project = (self.wandb.entity, self.wandb.project) if self.wandb else (self.logger.entity,
+                                                                                       self.logger.project)
         spec = dashboard.view_spec(entity, project, self.logger.sweep_keys or dashboard.DEFAULT_AXES)
         online, why = dashboard.connection(self.logger)
         try:
