@@ -88,6 +88,10 @@ def test_spec_round_trips_and_bad_specs_name_the_file(tmp_path):
     (tmp_path / "other.json").write_text('{"a": 1}')
     with pytest.raises(ValueError, match="not a yolo-ddp dashboard spec"):
         dashboard.read_spec(tmp_path / "other.json")
+    spec["sections"][1]["panels"][0]["kind"] = "heatmap"
+    dashboard.write_spec(spec, tmp_path / "edited")
+    with pytest.raises(ValueError, match="section 'Losses' has a panel of kind 'heatmap'; the kinds are line"):
+        dashboard.read_spec(tmp_path / "edited" / dashboard.SPEC_FILE)
 
 
 def test_sweep_report_builds_offline(tmp_path):

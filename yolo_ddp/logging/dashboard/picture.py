@@ -45,8 +45,11 @@ def _series(rows: list[dict[str, str]], x: str, column: str) -> tuple[list[float
 
 def _per_class_ap(run_dir: Path) -> dict[str, float]:
     """The last val/per_class_ap table an offline W&B run of this dir logged (file names carry the step)."""
-    tables = sorted(run_dir.glob("wandb/*/files/media/table/val/per_class_ap_*.table.json"),
-                    key=lambda p: int(re.search(r"per_class_ap_(\d+)_", p.name).group(1)))
+    def step(p: Path) -> int:
+        found = re.search(r"per_class_ap_(\d+)_", p.name)
+        return int(found.group(1)) if found else -1
+
+    tables = sorted(run_dir.glob("wandb/*/files/media/table/val/per_class_ap_*.table.json"), key=step)
     if not tables:
         return {}
     table = json.loads(tables[-1].read_text())

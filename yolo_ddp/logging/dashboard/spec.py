@@ -24,6 +24,7 @@ DEFAULT_AXES = ("train.batch", "data.imgsz")
 # Config groups a sweep may choose (`model: choice(yolov8n, yolov8s)`): the run config holds the group's
 # dict, so the axis is the leaf that names the choice.
 GROUP_AXES = {"model": "model.cfg", "data": "data.name"}
+PANEL_KINDS = ("line", "table", "parallel", "scatter")
 
 
 class DashboardError(RuntimeError):
@@ -134,6 +135,12 @@ def read_spec(path: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: not a yolo-ddp dashboard spec (no {', '.join(missing)}); write it again with "
                          f"`python -m launcher.dashboard`.")
+    for section in spec["sections"]:
+        for panel in section.get("panels", []):
+            if panel.get("kind") not in PANEL_KINDS:
+                raise ValueError(f"{path}: section '{section.get('name')}' has a panel of kind '{panel.get('kind')}'; "
+                                 f"the kinds are {', '.join(PANEL_KINDS)}. Fix it or write the spec again with "
+                                 f"`python -m launcher.dashboard`.")
     return spec
 
 
